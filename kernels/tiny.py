@@ -1,0 +1,122 @@
+"""Tiny random monitor packages for tests (seconds to build, no training)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from trajsafe_sdk.layout import LABEL_TOKENS, SPECIAL_TOKENS, train_tokenizer
+from trajsafe_sdk.package import write_package
+
+from .graph import build_monitor_graph
+
+_SUBJECTS = ["The user", "My assistant", "A developer", "The tool", "Our team", "The system", "A student", "The agent",
+             "Someone", "The manager", "A nurse", "The chemist", "My neighbour", "The bot", "An analyst"]
+_VERBS = ["asked about", "wants to know", "is writing", "explained", "searched for", "refused to share",
+          "summarised", "planned", "reviewed", "translated", "deleted", "downloaded", "reported", "tested"]
+_OBJECTS = ["the weather forecast", "a recipe for bread", "the quarterly report", "a python script",
+            "the password policy", "a travel itinerary", "network security basics", "the history of Rome",
+            "a birthday message", "the database schema", "some medical advice", "a short poem", "the API keys",
+            "a phishing email", "the chemistry homework", "a bank transfer", "the server logs", "a job application"]
+_TAILS = ["today.", "for the meeting.", "again, please?", "without any delay.", "in plain English.", "right now!",
+          "step by step.", "before Friday.", "with examples: 1, 2, 3.", "and then stopped.", "(see the notes)."]
+
+
+def tiny_corpus(n: int = 400, seed: int = 0) -> list[str]:
+    """A few hundred varied English sentences made in code."""
+    rng = np.random.default_rng(seed)
+    pick = lambda items: items[int(rng.integers(len(items)))]
+    return [f"{pick(_SUBJECTS)} {pick(_VERBS)} {pick(_OBJECTS)} {pick(_TAILS)}" for _ in range(n)]
+
+
+def tiny_arch(*, num_layers: int = 2, hidden_size: int = 64, num_heads: int = 4, num_kv_heads: int = 2,
+              intermediate_size: int = 128, vocab_size: int = 512, rope_theta: float = 10000.0,
+              rms_norm_eps: float = 1e-5) -> dict[str, Any]:
+    """An architecture dict in the `monitor.json` format."""
+    first_label = len(SPECIAL_TOKENS)
+    return {"type": "llama", "vocab_size": vocab_size, "hidden_size": hidden_size, "num_layers": num_layers,
+            "num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": hidden_size // num_heads,
+            "intermediate_size": intermediate_size, "rope_theta": rope_theta, "rms_norm_eps": rms_norm_eps,
+            "label_token_ids": list(range(first_label, first_label + len(LABEL_TOKENS)))}
+
+
+def tiny_weights(arch: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random Llama weights (HF state-dict names, float32) whose label logits clearly differ."""
+    rng = np.random.default_rng(seed)
+    hidden, inter = int(arch["hidden_size"]), int(arch["intermediate_size"])
+    q_size = int(arch["num_heads"]) * int(arch["head_dim"])
+    kv_size = int(arch["num_kv_heads"]) * int(arch["head_dim"])
+
+    def normal(*shape: int, std: float = 0.02) -> np.ndarray:
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    def norm_weight() -> np.ndarray:
+        return (1.0 + rng.standard_normal(hidden) * 0.1).astype(np.float32)
+
+    weights = {"model.embed_tokens.weight": normal(int(arch["vocab_size"]), hidden, std=0.3)}
+    lin = 1.0 / np.sqrt(hidden)  # keeps activations O(1) so attention and label logits vary
+    for i in range(int(arch["num_layers"])):
+        p = f"model.layers.{i}."
+        weights[p + "input_layernorm.weight"] = norm_weight()
+        weights[p + "self_attn.q_proj.weight"] = normal(q_size, hidden, std=lin)
+        weights[p + "self_attn.k_proj.weight"] = normal(kv_size, hidden, std=lin)
+        weights[p + "self_attn.v_proj.weight"] = normal(kv_size, hidden, std=lin)
+        weights[p + "self_attn.o_proj.weight"] = normal(hidden, q_size, std=lin / 2)
+        weights[p + "post_attention_layernorm.weight"] = norm_weight()
+        weights[p + "mlp.gate_proj.weight"] = normal(inter, hidden, std=lin)
+        weights[p + "mlp.up_proj.weight"] = normal(inter, hidden, std=lin)
+        weights[p + "mlp.down_proj.weight"] = normal(hidden, inter, std=1.0 / np.sqrt(inter) / 2)
+    weights["model.norm.weight"] = norm_weight()
+    return weights
+
+
+def build_tiny_package(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    vocab_size: int = 512,
+    context_limit: int = 256,
+    variants: Sequence[str] = ("fp32", "int8"),
+    max_message_tokens: int = 64,
+) -> Path:
+    """Write a complete monitor package with a tiny tokenizer and random weights; returns its folder."""
+    from .variants import quantize_int8
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(tiny_corpus(seed=seed), vocab_size=vocab_size, min_frequency=2)
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} ids, more than vocab_size={vocab_size}")
+    arch = tiny_arch(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                     intermediate_size=intermediate_size, vocab_size=vocab_size)
+    weights = tiny_weights(arch, seed)
+    fp32_path = out / "monitor.fp32.onnx"
+    onnx.save(build_monitor_graph(weights, arch), fp32_path)
+    files: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        path = out / f"monitor.{variant}.onnx"
+        if variant == "fp32":
+            files[variant] = {"source": path, "dtype": "float32", "kv_dtype": "float32", "providers": ["cpu"]}
+        elif variant == "int8":
+            quantize_int8(fp32_path, path)
+            files[variant] = {"source": path, "dtype": "int8", "kv_dtype": "float32", "providers": ["cpu"]}
+        elif variant == "fp16":
+            onnx.save(build_monitor_graph(weights, arch, float_dtype="float16"), path)
+            files[variant] = {"source": path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cuda"]}
+        else:
+            raise ValueError(f"unknown variant {variant!r}; expected fp32, int8 or fp16")
+    if "fp32" not in variants:
+        fp32_path.unlink()
+    default = {"cpu": "int8" if "int8" in variants else "fp32", "cuda": "fp16" if "fp16" in variants else "fp32"}
+    return write_package(out, tokenizer=tokenizer, onnx_files=files, architecture=arch, name="trajsafe-tiny",
+                         version="0.0.0", context_limit=context_limit, default_variant=default,
+                         max_message_tokens=max_message_tokens, card="Tiny random test monitor (not trained).\n")

@@ -1,0 +1,84 @@
+"""Training pipeline: exact metrics on hand-made items, and the smoke build of a whole package (≤ 3 min)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from trajsafe_sdk.training.metrics import breakdown, conversation_metrics, first_intervention_from_end
+
+DATA_DIR = Path(os.environ.get("TRAJSAFE_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def test_metrics_exact() -> None:
+    items = [
+        {"label": "harmful", "category": "cbrn", "source": "a", "actions": ["allow", "probe", "refuse"]},
+        {"label": "harmful", "category": "cbrn", "source": "a", "actions": ["allow", "allow", "allow"]},
+        {"label": "harmful", "category": "malware", "source": "b", "actions": ["steer"]},
+        {"label": "harmful", "category": "malware", "source": "b", "actions": ["terminate", "terminate"]},
+        {"label": "benign", "category": None, "source": "a", "actions": ["allow", "allow"]},
+        {"label": "benign", "category": None, "source": "b", "actions": ["probe", "allow"]},
+        {"label": "benign", "category": None, "source": "b", "actions": ["allow", "refuse"]},
+        {"label": "benign", "category": None, "source": "b", "actions": ["allow"]},
+    ]
+    m = conversation_metrics(items)
+    assert m["catch_rate"] == 0.75
+    assert m["block_rate"] == 0.75
+    assert m["over_refusal"] == 0.25
+    assert m["friction"] == 0.5
+    # multi-turn harmful caught: first intervention at index 1 of 3 -> 1 from the end; at 0 of 2 -> 1
+    assert m["earliness_median"] == 1.0 and m["earliness_mean"] == 1.0
+    assert m["counts"] == {"harmful": 4, "benign": 4, "caught": 3, "blocked": 3, "over_refused": 1,
+                           "frictioned": 2, "harmful_multi_turn": 3, "harmful_multi_turn_caught": 2}
+    assert first_intervention_from_end(["allow", "allow", "steer"]) == 0
+    assert first_intervention_from_end(["allow"]) is None
+    by_cat = breakdown(items, "category")
+    assert set(by_cat) == {"cbrn", "malware", "none"}
+    assert by_cat["cbrn"]["catch_rate"] == 0.5 and by_cat["malware"]["catch_rate"] == 1.0
+    assert by_cat["none"]["friction"] == 0.5
+    assert breakdown(items, "source")["a"]["counts"]["harmful"] == 2
+    empty = conversation_metrics([])
+    assert empty["catch_rate"] is None and empty["earliness_median"] is None
+    with pytest.raises(ValueError):
+        conversation_metrics([{"label": "maybe", "actions": []}])
+
+
+def test_training_package_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, trajsafe_sdk.training, trajsafe_sdk.training.metrics; "
+            "print(any(m in sys.modules for m in ('torch', 'transformers', 'numpy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_smoke_build(tmp_path: Path) -> None:
+    for mod in ("torch", "transformers", "onnx", "onnxruntime"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} is not installed (train extra)")
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"no data folder at {DATA_DIR} (set TRAJSAFE_DATA_DIR)")
+    if importlib.util.find_spec("trajsafe_sdk.training.dataset") is None:
+        pytest.skip("trajsafe_sdk.training.dataset is missing")
+    from trajsafe_sdk.package import MonitorPackage
+    from trajsafe_sdk.training.build_default import build
+
+    out = tmp_path / "pkg"
+    summary = build(DATA_DIR, out, seed=0, smoke=True, work=tmp_path / "work")
+    pkg = MonitorPackage.load(out)
+    assert set(pkg.variants()) == {"fp32", "int8", "fp16"}
+    assert pkg.architecture["label_token_ids"] == list(range(8, 28))
+    assert (out / "CARD.md").read_text().startswith("# TrajSafe default monitor")
+    parity = summary["parity"]
+    assert parity["fp32"]["max_abs_diff"] <= 1e-4
+    assert parity["fp32"]["max_abs_diff_incremental"] <= 1e-4
+    assert parity["int8"]["argmax_action_agreement"] >= 0.8
+    assert summary["optimum_main_export"].startswith("ok"), summary["optimum_main_export"]
+    manifest = json.loads((out / "monitor.json").read_text())
+    assert set(manifest["policy"]) >= {"probe", "steer", "refuse", "terminate"}
+    assert manifest["context_limit"] == 2048

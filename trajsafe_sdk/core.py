@@ -1,0 +1,518 @@
+"""The inference core: a monitor on ONNX Runtime and KV-cached trajectory sessions.
+
+A `TrajectorySession` keeps one conversation's key/value cache in preallocated buffers (layout BSNH, grown by
+doubling, never concatenated per turn). Each new message costs only its own tokens: the graph takes the cached
+prefix as `past_*` and returns keys/values of the new tokens only, which are written in place after the prefix.
+
+Context overflow policy: when a conversation no longer fits `context_limit`, the session re-encodes once a window
+made of the leading system message(s) plus the most recent messages that fit in `window_fraction` of the context
+(default 3/4, leaving room for the next turns before the next re-encode). The full transcript is kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MessageError, MonitorError, PackageError
+from .labels import ACTIONS, CATEGORIES
+from .layout import MessageEncoder
+from .messages import Message, normalize_messages
+from .package import MonitorPackage
+from .runtime import open_session
+
+N_ACT, N_CAT = len(ACTIONS), len(CATEGORIES)
+KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass
+class Assessment:
+    """The monitor's raw reading after one message (before the policy turns it into a Decision)."""
+
+    message_index: int
+    role: str
+    action_scores: np.ndarray
+    category_scores: np.ndarray
+    risk: float
+    tokens: int
+    latency_ms: float
+    partial: bool = False
+
+    @property
+    def category(self) -> str:
+        return CATEGORIES[int(np.argmax(self.category_scores))]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def split_label_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label logits [..., 20] -> (action probs, category probs, risk = p(harm))."""
+    logits = logits.astype(np.float64)
+    actions = _softmax(logits[..., :N_ACT])
+    cats = _softmax(logits[..., N_ACT:N_ACT + N_CAT])
+    risk = _softmax(logits[..., N_ACT + N_CAT:])[..., 1]
+    return actions, cats, risk
+
+
+class KVCache:
+    """Per-layer key and value buffers [1, capacity, Hkv, D] holding `length` valid positions."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: type, capacity: int = 128) -> None:
+        self.shape_tail = (num_kv_heads, head_dim)
+        self.num_layers = num_layers
+        self.dtype = dtype
+        self.length = 0
+        self.keys: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        old_k, old_v, n = self.keys, self.values, self.length
+        self.keys = [np.empty((1, capacity, *self.shape_tail), self.dtype) for _ in range(self.num_layers)]
+        self.values = [np.empty((1, capacity, *self.shape_tail), self.dtype) for _ in range(self.num_layers)]
+        for new, old in zip(self.keys + self.values, old_k + old_v, strict=False):
+            new[:, :n] = old[:, :n]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[1] if self.keys else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.keys + self.values)
+
+    def reserve(self, total: int) -> None:
+        """Make room for `total` positions (geometric growth: amortised O(1) per token)."""
+        if total > self.capacity:
+            self._allocate(max(total, 2 * self.capacity))
+
+    def truncate(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    def release(self) -> None:
+        """Free the buffers (the owner re-feeds its transcript before the next use)."""
+        self.keys, self.values, self.length = [], [], 0
+
+
+class Monitor:
+    """A loaded monitor package on one ONNX Runtime session (thread-safe to share)."""
+
+    def __init__(self, package: MonitorPackage, provider: str = "auto", variant: str | None = None,
+                 threads: int | None = None) -> None:
+        self.package = package
+        self.encoder: MessageEncoder = package.encoder()
+        arch = package.architecture
+        self.num_layers = int(arch["num_layers"])
+        self.num_kv_heads = int(arch["num_kv_heads"])
+        self.head_dim = int(arch["head_dim"])
+        self.context_limit = package.context_limit
+        self.requested_provider = provider
+        chosen = variant or package.default_variant("cuda" if provider == "cuda" else "cpu")
+        path = package.onnx_path(chosen)
+        try:
+            self.ort_session, self.provider = open_session(path, provider, threads)
+        except Exception as exc:
+            if isinstance(exc, PackageError) or exc.__class__.__module__.startswith("trajsafe_sdk"):
+                raise
+            raise PackageError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
+        if variant is None and provider == "auto" and self.provider == "cuda":
+            cuda_variant = package.default_variant("cuda")
+            if cuda_variant != chosen:  # auto found CUDA: reopen on the CUDA variant
+                chosen = cuda_variant
+                self.ort_session, self.provider = open_session(package.onnx_path(chosen), "cuda", threads)
+        self.variant = chosen
+        self.kv_dtype = KV_DTYPES[package.variant_file(chosen).get("kv_dtype", "float32")]
+        self._check_graph()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, provider: str = "auto", variant: str | None = None,
+             threads: int | None = None) -> Monitor:
+        """Load a package folder (default: the embedded monitor) on `provider` ('auto', 'cpu' or 'cuda')."""
+        return cls(MonitorPackage.load(path), provider=provider, variant=variant, threads=threads)
+
+    def _check_graph(self) -> None:
+        inputs = {i.name for i in self.ort_session.get_inputs()}
+        expected = {"input_ids", "position_ids", "attention_mask", "score_positions"}
+        expected |= {f"past_{kind}.{i}" for i in range(self.num_layers) for kind in ("key", "value")}
+        if inputs != expected:
+            raise PackageError(f"{self.package.path}: ONNX inputs {sorted(inputs)} do not match the graph contract "
+                               f"(expected {sorted(expected)}) for {self.num_layers} layers")
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * np.dtype(self.kv_dtype).itemsize
+
+    def new_session(self) -> TrajectorySession:
+        return TrajectorySession(self)
+
+    def new_cache(self, capacity: int = 128) -> KVCache:
+        return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype, capacity)
+
+    # -- running the graph -------------------------------------------------------------------------------------
+    def run(self, caches: Sequence[KVCache], new_ids: Sequence[np.ndarray],
+            score_positions: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Feed `new_ids[b]` after `caches[b]` for a batch; write new keys/values into the caches.
+
+        Returns, per row, the label logits [K_b, 20] at `score_positions[b]` (indices into the new tokens).
+        """
+        if len(caches) == 1:
+            return [self._run_single(caches[0], new_ids[0], score_positions[0])]
+        return self._run_batch(caches, new_ids, score_positions)
+
+    def _run_single(self, cache: KVCache, ids: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+        past, t = cache.length, len(ids)
+        cache.reserve(past + t)
+        k = max(1, len(positions))
+        feeds: dict[str, Any] = {
+            "input_ids": ids.reshape(1, t),
+            "position_ids": np.arange(past, past + t, dtype=np.int64).reshape(1, t),
+            "attention_mask": np.ones((1, past + t), np.int64),
+            "score_positions": np.asarray(list(positions) or [t - 1], np.int64).reshape(1, k),
+        }
+        binding = self.ort_session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for i in range(self.num_layers):
+            for kind, buffers in (("key", cache.keys), ("value", cache.values)):
+                buf = buffers[i]
+                binding.bind_cpu_input(f"past_{kind}.{i}", buf[:, :past])
+                out = buf[:, past:past + t]  # contiguous for a batch of one: written in place
+                binding.bind_output(f"new_{kind}.{i}", "cpu", 0, buf.dtype, list(out.shape), out.ctypes.data)
+        binding.bind_output("label_logits")
+        try:
+            self.ort_session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise MonitorError(f"onnxruntime failed while scoring ({self.provider}): {exc}") from exc
+        cache.length = past + t
+        logits = binding.get_outputs()[-1].numpy()[0]
+        return logits[: len(positions)]
+
+    def _run_batch(self, caches: Sequence[KVCache], new_ids: Sequence[np.ndarray],
+                   score_positions: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        b = len(caches)
+        pasts = [c.length for c in caches]
+        lens = [len(x) for x in new_ids]
+        p_max, t_max = max(pasts), max(lens)
+        k_max = max(1, max(len(p) for p in score_positions))
+        ids = np.zeros((b, t_max), np.int64)
+        pos = np.zeros((b, t_max), np.int64)
+        mask = np.zeros((b, p_max + t_max), np.int64)
+        spos = np.zeros((b, k_max), np.int64)
+        for r, (x, p, sp) in enumerate(zip(new_ids, pasts, score_positions, strict=True)):
+            ids[r, : len(x)] = x
+            pos[r] = np.arange(p, p + t_max)
+            mask[r, :p] = 1
+            mask[r, p_max : p_max + len(x)] = 1
+            spos[r, : len(sp)] = sp
+        feeds: dict[str, np.ndarray] = {"input_ids": ids, "position_ids": pos, "attention_mask": mask,
+                                        "score_positions": spos}
+        for i in range(self.num_layers):
+            for kind in ("key", "value"):
+                past = np.zeros((b, p_max, self.num_kv_heads, self.head_dim), self.kv_dtype)
+                for r, c in enumerate(caches):
+                    if c.length:
+                        past[r, : c.length] = (c.keys if kind == "key" else c.values)[i][0, : c.length]
+                feeds[f"past_{kind}.{i}"] = past
+        try:
+            outputs = self.ort_session.run(None, feeds)
+        except Exception as exc:
+            raise MonitorError(f"onnxruntime failed while scoring a batch ({self.provider}): {exc}") from exc
+        named = dict(zip([o.name for o in self.ort_session.get_outputs()], outputs, strict=True))
+        for r, (c, t) in enumerate(zip(caches, lens, strict=True)):
+            c.reserve(c.length + t)
+            for i in range(self.num_layers):
+                c.keys[i][0, c.length : c.length + t] = named[f"new_key.{i}"][r, :t]
+                c.values[i][0, c.length : c.length + t] = named[f"new_value.{i}"][r, :t]
+            c.length += t
+        return [named["label_logits"][r, : len(sp)] for r, sp in enumerate(score_positions)]
+
+    # -- convenience ---------------------------------------------------------------------------------------------
+    def score(self, messages: object) -> list[Assessment]:
+        """Read a whole conversation from scratch; one Assessment per assessed (user/assistant) message."""
+        session = self.new_session()
+        return session.extend(messages)
+
+    def score_many(self, conversations: Sequence[object], batch_size: int = 16) -> list[list[Assessment]]:
+        """Score many conversations from scratch, in batched runs."""
+        sessions = [self.new_session() for _ in conversations]
+        results: list[list[Assessment]] = [[] for _ in conversations]
+        order = sorted(range(len(conversations)), key=lambda i: len(str(conversations[i])))  # less padding
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = TrajectorySession.extend_batch([sessions[i] for i in chunk], [conversations[i] for i in chunk])
+            for i, assessments in zip(chunk, batch, strict=True):
+                results[i] = assessments
+        return results
+
+
+@dataclass
+class _Span:
+    """Where a message sits in the cache (token offsets), if it is in the current window."""
+
+    start: int
+    end: int
+
+
+@dataclass
+class TrajectorySession:
+    """One conversation read incrementally: messages in, Assessments out, KV cache kept across turns."""
+
+    monitor: Monitor
+    messages: list[Message] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)  # per-conversation state of the guard/policy
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+        self.cache: KVCache | None = None
+        self.spans: list[_Span | None] = []  # per message; None = outside the window
+        self.tokens_processed = 0
+        self.rebuilds = 0
+
+    # -- introspection ------------------------------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        return self.cache.length if self.cache else 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.cache.nbytes if self.cache else 0
+
+    @property
+    def is_resident(self) -> bool:
+        return self.cache is not None
+
+    # -- feeding ------------------------------------------------------------------------------------------------
+    def append(self, message: object) -> Assessment | None:
+        """Read one message; return its Assessment (None for system/tool messages)."""
+        got = self.extend([message] if not isinstance(message, str) else [Message("user", message)])
+        return got[0] if got else None
+
+    def extend(self, messages: object) -> list[Assessment]:
+        """Read several messages in one run; one Assessment per user/assistant message."""
+        return TrajectorySession.extend_batch([self], [messages])[0]
+
+    @staticmethod
+    def extend_batch(sessions: Sequence[TrajectorySession], conversations: Sequence[object]) -> list[list[Assessment]]:
+        """Extend several sessions in one batched run (the sessions must be distinct)."""
+        if not sessions:
+            return []
+        monitor = sessions[0].monitor
+        normalised = [_normalise(c) for c in conversations]  # validate all before touching any state
+        for s in sessions:
+            s.lock.acquire()
+        try:
+            try:
+                plans = [s._plan(msgs) for s, msgs in zip(sessions, normalised, strict=True)]
+                started = time.perf_counter()
+                active = [i for i, p in enumerate(plans) if len(p[0])]
+                logits: dict[int, np.ndarray] = {}
+                if active:
+                    out = monitor.run([sessions[i].cache for i in active], [plans[i][0] for i in active],
+                                      [plans[i][1] for i in active])
+                    logits = dict(zip(active, out, strict=True))
+                elapsed = (time.perf_counter() - started) * 1000
+            except Exception:
+                for s in sessions:  # keep the transcripts; the caches are rebuilt on next use
+                    s.evict()
+                raise
+            results = []
+            for i, (s, msgs) in enumerate(zip(sessions, normalised, strict=True)):
+                results.append(s._commit(msgs, plans[i], logits.get(i), elapsed))
+            return results
+        finally:
+            for s in sessions:
+                s.lock.release()
+
+    def _ensure_resident(self) -> None:
+        """Rebuild the cache from the transcript after an eviction (or create it)."""
+        if self.cache is not None:
+            return
+        self.cache = self.monitor.new_cache()
+        transcript, self.messages, self.spans = self.messages, [], []
+        if transcript:
+            self.rebuilds += 1
+            plan = self._plan(transcript)
+            if len(plan[0]):
+                self.monitor.run([self.cache], [plan[0]], [plan[1]])
+            self._commit(transcript, plan, None, 0.0)
+
+    def _plan(self, new: list[Message]) -> tuple[np.ndarray, list[int], list[int]]:
+        """Token ids for `new` after the cached prefix; re-window first if it would overflow the context."""
+        self._ensure_resident()
+        assert self.cache is not None
+        encoded = [self.monitor.encoder.encode_message(m) for m in new]
+        needed = sum(len(e) for e in encoded) + (0 if self.cache.length else 1)
+        if self.cache.length + needed > self.monitor.context_limit:
+            return self._plan_window(new, encoded)
+        chunks, offset = [], 0
+        if self.cache.length == 0:
+            chunks.append(np.asarray([self.monitor.encoder.bos_id], np.int64))
+            offset = 1
+        score_positions, starts = [], []
+        for msg, ids in zip(new, encoded, strict=True):
+            starts.append(self.cache.length + offset)
+            chunks.append(ids)
+            offset += len(ids)
+            if self.monitor.encoder.assesses(msg):
+                score_positions.append(offset - 1)
+        return np.concatenate(chunks), score_positions, starts
+
+    def _plan_window(self, new: list[Message], encoded: list[np.ndarray]) -> tuple[np.ndarray, list[int], list[int]]:
+        """Context overflow: restart the cache with system messages + the most recent window."""
+        enc = self.monitor.encoder
+        everything = self.messages + new
+        all_ids = [enc.encode_message(m) for m in self.messages] + encoded
+        budget = int(self.monitor.context_limit * 0.75) - 1
+        keep = [i for i, m in enumerate(everything) if m.role == "system" and i < 1 + _first_non_system(everything)]
+        used = sum(len(all_ids[i]) for i in keep)
+        recent: list[int] = []
+        for i in range(len(everything) - 1, -1, -1):
+            if i in keep:
+                continue
+            if used + len(all_ids[i]) > budget and recent:
+                break
+            recent.append(i)
+            used += len(all_ids[i])
+        window = sorted(set(keep) | set(recent))
+        self.cache.truncate(0)  # type: ignore[union-attr]
+        self.spans = [None] * len(self.messages)
+        first_new = len(self.messages)
+        chunks = [np.asarray([enc.bos_id], np.int64)]
+        offset, score_positions, starts = 1, [], []
+        for i in window:
+            chunks.append(all_ids[i])
+            if i < first_new:
+                self.spans[i] = _Span(offset, offset + len(all_ids[i]))
+            else:
+                starts.append(offset)
+                if enc.assesses(everything[i]):
+                    score_positions.append(offset + len(all_ids[i]) - 1)
+            offset += len(all_ids[i])
+        for i in range(first_new, len(everything)):  # new messages that did not fit are not read
+            if i not in window:
+                raise MessageError(f"message {i} alone does not fit the context ({self.monitor.context_limit})")
+        return np.concatenate(chunks), score_positions, starts
+
+    def _commit(self, new: list[Message], plan: tuple[np.ndarray, list[int], list[int]],
+                logits: np.ndarray | None, elapsed_ms: float) -> list[Assessment]:
+        """Record the new messages and turn label logits into Assessments."""
+        ids, _, starts = plan
+        first_index = len(self.messages)
+        prefix_before = self.num_tokens - len(ids)
+        self.tokens_processed += len(ids)
+        assessments: list[Assessment] = []
+        k = 0
+        for j, (msg, start) in enumerate(zip(new, starts, strict=True)):
+            end = starts[j + 1] if j + 1 < len(starts) else prefix_before + len(ids)
+            self.messages.append(msg)
+            self.spans.append(_Span(start, end))
+            if logits is not None and self.monitor.encoder.assesses(msg):
+                act, cat, risk = split_label_logits(logits[k])
+                k += 1
+                assessments.append(Assessment(first_index + j, msg.role, act, cat, float(risk), len(ids),
+                                              elapsed_ms))
+        return assessments
+
+    # -- editing history ----------------------------------------------------------------------------------------
+    def common_prefix(self, messages: Sequence[Message]) -> int:
+        n = 0
+        for a, b in zip(self.messages, messages, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def truncate(self, n_messages: int) -> None:
+        """Forget messages from index `n_messages` on; the cache keeps the prefix (no re-read)."""
+        with self.lock:
+            if n_messages >= len(self.messages):
+                return
+            if self.cache is not None:
+                span = self.spans[n_messages]
+                if span is None:  # cut inside the region dropped by re-windowing: rebuild from the transcript
+                    self.cache = None
+                else:
+                    self.cache.truncate(span.start)
+            del self.messages[n_messages:]
+            del self.spans[n_messages:]
+
+    def sync(self, messages: object) -> list[Assessment]:
+        """Make the session hold exactly `messages` (a full history): rewind to the common prefix, read the rest."""
+        msgs = _normalise(messages)
+        with self.lock:
+            n = self.common_prefix(msgs)
+            self.truncate(n)
+            return self.extend(msgs[n:]) if n < len(msgs) else []
+
+    def assess_partial(self, role: str, text: str) -> Assessment:
+        """Score an unfinished message (e.g. a streaming reply) without keeping it in the cache."""
+        if role not in self.monitor.encoder.role_ids:
+            raise MessageError(f"unknown role {role!r}")
+        with self.lock:
+            self._ensure_resident()
+            assert self.cache is not None
+            ids = self.monitor.encoder.encode_partial(role, text)
+            if self.cache.length == 0:
+                ids = np.concatenate([[self.monitor.encoder.bos_id], ids]).astype(np.int64)
+            if self.cache.length + len(ids) > self.monitor.context_limit:
+                ids = ids[-(self.monitor.context_limit - self.cache.length):]
+            keep = self.cache.length
+            started = time.perf_counter()
+            logits = self.monitor.run([self.cache], [ids], [[len(ids) - 1]])[0]
+            elapsed = (time.perf_counter() - started) * 1000
+            self.cache.truncate(keep)
+            act, cat, risk = split_label_logits(logits[0])
+            return Assessment(len(self.messages), role, act, cat, float(risk), len(ids), elapsed, partial=True)
+
+    def fork(self, n_messages: int | None = None) -> TrajectorySession:
+        """A copy holding the first `n_messages` (cache copied, not recomputed)."""
+        with self.lock:
+            n = len(self.messages) if n_messages is None else n_messages
+            other = TrajectorySession(self.monitor, list(self.messages[:n]), dict(self.state))
+            if self.cache is not None and all(s is not None for s in self.spans[:n]):
+                length = self.spans[n].start if n < len(self.spans) else self.cache.length  # type: ignore[union-attr]
+                other.cache = self.monitor.new_cache(max(length, 1))
+                for dst, src in zip(other.cache.keys + other.cache.values, self.cache.keys + self.cache.values,
+                                    strict=True):
+                    dst[:, :length] = src[:, :length]
+                other.cache.length = length
+                other.spans = list(self.spans[:n])
+            return other
+
+    def evict(self) -> None:
+        """Drop the KV cache; the transcript stays and is re-read on next use."""
+        with self.lock:
+            if self.cache is not None:
+                self.cache.release()
+                self.cache = None
+                self.spans = []
+
+    def reset(self) -> None:
+        with self.lock:
+            self.messages, self.spans, self.state = [], [], {}
+            if self.cache is not None:
+                self.cache.truncate(0)
+
+
+def _first_non_system(messages: Sequence[Message]) -> int:
+    for i, m in enumerate(messages):
+        if m.role != "system":
+            return i
+    return len(messages)
+
+
+def _normalise(messages: object) -> list[Message]:
+    if isinstance(messages, Iterable) and not isinstance(messages, str | bytes) and not hasattr(messages, "keys"):
+        messages = list(messages)
+        if not messages:
+            return []
+    return normalize_messages(messages)

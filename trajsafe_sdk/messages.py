@@ -1,0 +1,76 @@
+"""Validation and normalisation of OpenAI-style chat messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .errors import MessageError
+
+ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES = {"developer": "system", "human": "user", "ai": "assistant", "function": "tool"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One normalised message: `role` is one of ROLES, `content` is text."""
+
+    role: str
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def _content_text(content: object, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list):  # OpenAI content parts: keep the text parts
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(part, Mapping) and "type" in part:
+                continue  # images, audio...: not read by the monitor
+            else:
+                raise MessageError(f"{where}: content parts must be strings or {{'type': 'text', 'text': str}}")
+        return "\n".join(texts)
+    raise MessageError(f"{where}: content must be a string (or a list of text parts), got {type(content).__name__}")
+
+
+def to_message(obj: object, index: int = 0) -> Message:
+    """Normalise one message given as a `Message`, a mapping or an object with `role`/`content` attributes."""
+    where = f"message {index}"
+    if isinstance(obj, Message):
+        return obj
+    if isinstance(obj, Mapping):
+        role, content = obj.get("role"), obj.get("content")
+        if "role" not in obj or "content" not in obj:
+            raise MessageError(f"{where}: expected keys 'role' and 'content', got {sorted(map(str, obj))}")
+    elif hasattr(obj, "role") and hasattr(obj, "content"):
+        role, content = obj.role, obj.content
+    else:
+        raise MessageError(f"{where}: expected a dict with 'role' and 'content', got {type(obj).__name__}")
+    role = getattr(role, "value", role)  # enums (e.g. llama-index MessageRole)
+    if not isinstance(role, str):
+        raise MessageError(f"{where}: role must be a string, got {type(role).__name__}")
+    role = ROLE_ALIASES.get(role.lower(), role.lower())
+    if role not in ROLES:
+        raise MessageError(f"{where}: unknown role {role!r}; expected one of system, developer, user, assistant, tool")
+    return Message(role, _content_text(content, where))
+
+
+def normalize_messages(messages: object) -> list[Message]:
+    """Validate a conversation (a list of messages, or a single user string)."""
+    if isinstance(messages, str):
+        return [Message("user", messages)]
+    if isinstance(messages, Mapping) or not isinstance(messages, Iterable):
+        raise MessageError(f"expected a list of messages or a string, got {type(messages).__name__}")
+    out = [to_message(m, i) for i, m in enumerate(messages)]
+    if not out:
+        raise MessageError("the conversation is empty; expected at least one message")
+    return out

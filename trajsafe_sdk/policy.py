@@ -1,0 +1,91 @@
+"""Policy: from the monitor's scores to a Decision (severity ladder, sticky terminate, probe de-escalation)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .core import Assessment
+from .decision import Decision
+from .labels import ACTIONS, CATEGORIES
+
+DEFAULT_THRESHOLDS: dict[str, float] = {"probe": 0.5, "steer": 0.5, "refuse": 0.5, "terminate": 0.6}
+LADDER = ("terminate", "refuse", "steer", "probe")
+
+
+@dataclass
+class Policy:
+    """Turns an Assessment into a Decision.
+
+    Going down from `terminate` to `probe`, the first action `a` with P(action >= a) >= thresholds[a] is chosen,
+    else `allow`. A terminated conversation stays terminated (`sticky_terminate`) until the application resets it.
+    After a probe, a reply that lowers the risk (a credible purpose) de-escalates: at most `steer`, and `allow`
+    when the risk falls under `deescalate_risk`; a probe is never repeated on the next turn (it becomes `steer`).
+    """
+
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    sticky_terminate: bool = True
+    deescalate_risk: float = 0.5
+
+    @classmethod
+    def from_package(cls, defaults: Mapping[str, Any], **overrides: Any) -> Policy:
+        thresholds = {k: float(defaults[k]) for k in LADDER if k in defaults}
+        thresholds.update(overrides.pop("thresholds", {}) or {})
+        policy = cls(thresholds={**DEFAULT_THRESHOLDS, **thresholds}, **overrides)
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        for name, value in self.thresholds.items():
+            if name not in LADDER:
+                raise ValueError(f"unknown policy threshold {name!r}; expected one of {', '.join(LADDER)}")
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"policy threshold {name}={value!r} must be within [0, 1]")
+
+    def choose(self, action_scores: Any) -> str:
+        """The severity ladder over cumulative action probabilities."""
+        for action in LADDER:
+            at_least = float(sum(action_scores[ACTIONS.index(action):]))
+            if at_least >= self.thresholds.get(action, 1.1):
+                return action
+        return "allow"
+
+    def decide(self, assessment: Assessment, state: dict[str, Any] | None = None) -> Decision:
+        """A Decision for `assessment`; `state` (per conversation) carries termination and probe history."""
+        state = state if state is not None else {}
+        action = self.choose(assessment.action_scores)
+        category = assessment.category
+        reason = _reason(action, category, assessment.risk)
+        last = state.get("last_decision")
+        if self.sticky_terminate and state.get("terminated"):
+            action, reason = "terminate", "conversation was terminated earlier; reset it to continue"
+        elif last is not None and last.get("action") == "probe" and action in ("allow", "probe", "steer"):
+            if assessment.risk < last.get("risk", 1.0) and assessment.risk < self.deescalate_risk:
+                action, reason = "allow", "the user's answer to the probe lowered the risk"
+            elif action == "probe":
+                action, reason = "steer", "probe already asked; answering at a safe level of abstraction"
+        if action == "terminate":
+            state["terminated"] = True
+        if action != "allow" and category == "benign":
+            category = CATEGORIES[1 + int(max(range(len(CATEGORIES) - 1),
+                                              key=lambda i: assessment.category_scores[i + 1]))]
+        state["last_decision"] = {"action": action, "risk": assessment.risk, "message_index": assessment.message_index}
+        return Decision(
+            action=action,
+            category=category,
+            risk=round(float(assessment.risk), 6),
+            action_scores={a: round(float(p), 6) for a, p in zip(ACTIONS, assessment.action_scores, strict=True)},
+            category_scores={c: round(float(p), 6) for c, p in zip(CATEGORIES, assessment.category_scores,
+                                                                    strict=True)},
+            message_index=assessment.message_index,
+            tokens=int(assessment.tokens),
+            latency_ms=round(float(assessment.latency_ms), 3),
+            reason=reason,
+        )
+
+
+def _reason(action: str, category: str, risk: float) -> str:
+    if action == "allow":
+        return f"no harmful trajectory detected (risk {risk:.2f})"
+    return f"{action}: trajectory heading towards {category} (risk {risk:.2f})"

@@ -1,0 +1,157 @@
+"""Many conversations: an LRU pool of trajectory sessions under a memory budget, with prefix matching.
+
+A conversation is found by its id when the application has one, otherwise by the longest cached message prefix
+(a stateless caller that re-sends the whole history pays only for the new messages). When the KV caches of all
+sessions exceed `memory_budget_bytes`, the least recently used sessions drop their caches; their transcripts stay,
+so the next call rebuilds them transparently (one re-read). Thread-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from .core import Assessment, Monitor, TrajectorySession, _normalise
+from .messages import Message
+
+
+def _prefix_keys(messages: Sequence[Message]) -> list[str]:
+    """Cumulative digests: key k identifies messages[:k+1]."""
+    digest = hashlib.blake2b(digest_size=16)
+    keys = []
+    for m in messages:
+        digest.update(m.role.encode() + b"\x00" + m.content.encode("utf-8", "surrogatepass") + b"\x01")
+        keys.append(digest.copy().hexdigest())
+    return keys
+
+
+class SessionPool:
+    """Sessions keyed by conversation id or matched by message prefix, evicted LRU under a byte budget."""
+
+    def __init__(self, monitor: Monitor, memory_budget_bytes: int = 512 * 2**20, max_conversations: int = 100_000):
+        self.monitor = monitor
+        self.memory_budget_bytes = memory_budget_bytes
+        self.max_conversations = max_conversations
+        self._sessions: OrderedDict[str, TrajectorySession] = OrderedDict()  # LRU order, oldest first
+        self._prefix_index: dict[str, str] = {}  # prefix digest -> anonymous session key
+        self._lock = threading.RLock()
+        self._anon_counter = 0
+        self.evictions = 0
+
+    # -- lookup -------------------------------------------------------------------------------------------------
+    def get(self, conversation_id: str) -> TrajectorySession:
+        """The session of an explicit conversation id (created empty if new)."""
+        with self._lock:
+            key = f"id:{conversation_id}"
+            session = self._sessions.get(key)
+            if session is None:
+                session = self.monitor.new_session()
+                self._sessions[key] = session
+                self._drop_excess()
+            self._sessions.move_to_end(key)
+            return session
+
+    def match(self, messages: Sequence[Message]) -> TrajectorySession:
+        """The anonymous session holding the longest prefix of `messages` (forked if it has diverged)."""
+        with self._lock:
+            keys = _prefix_keys(messages)
+            for k in range(len(keys) - 1, -1, -1):
+                owner = self._prefix_index.get(keys[k])
+                session = self._sessions.get(owner) if owner else None
+                if session is None or session.common_prefix(messages) < k + 1:
+                    continue
+                if session.common_prefix(messages) < len(session.messages):
+                    session = session.fork(k + 1)  # another branch still uses the original
+                    return self._add_anonymous(session)
+                self._sessions.move_to_end(owner)  # type: ignore[arg-type]
+                return session
+            return self._add_anonymous(self.monitor.new_session())
+
+    def _add_anonymous(self, session: TrajectorySession) -> TrajectorySession:
+        self._anon_counter += 1
+        key = f"anon:{self._anon_counter}"
+        self._sessions[key] = session
+        session.state["pool_key"] = key
+        self._index(key, session)
+        self._drop_excess()
+        return session
+
+    def _index(self, key: str, session: TrajectorySession) -> None:
+        for digest in _prefix_keys(session.messages):
+            self._prefix_index[digest] = key
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    def assess(self, messages: object,
+               conversation_id: str | None = None) -> tuple[TrajectorySession, list[Assessment]]:
+        """Bring the conversation's session to exactly `messages`; Assessments of the messages read now."""
+        msgs = _normalise(messages)
+        session = self.get(conversation_id) if conversation_id is not None else self.match(msgs)
+        assessments = session.sync(msgs)
+        self._after_update(session)
+        return session, assessments
+
+    def assess_many(self, requests: Sequence[tuple[object, str | None]]) -> list[list[Assessment]]:
+        """Several conversations' new turns scored together in one batched run."""
+        normalised = [(_normalise(m), cid) for m, cid in requests]
+        sessions, new_parts = [], []
+        seen: set[int] = set()
+        for msgs, cid in normalised:
+            session = self.get(cid) if cid is not None else self.match(msgs)
+            if id(session) in seen:  # same conversation twice in one batch: keep it sequential
+                session = session.fork()
+            seen.add(id(session))
+            with session.lock:
+                n = session.common_prefix(msgs)
+                session.truncate(n)
+            sessions.append(session)
+            new_parts.append(msgs[n:])
+        results = TrajectorySession.extend_batch(sessions, new_parts)
+        for s in sessions:
+            self._after_update(s)
+        return results
+
+    def _after_update(self, session: TrajectorySession) -> None:
+        with self._lock:
+            key = session.state.get("pool_key")
+            if key is not None and key in self._sessions:
+                self._index(key, session)
+            self._enforce_budget(keep=session)
+
+    # -- memory -------------------------------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self._sessions.values())
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _enforce_budget(self, keep: TrajectorySession | None = None) -> None:
+        total = self.nbytes
+        for session in list(self._sessions.values()):  # oldest first
+            if total <= self.memory_budget_bytes:
+                break
+            if session is keep or not session.is_resident:
+                continue
+            if session.lock.acquire(blocking=False):
+                try:
+                    total -= session.nbytes
+                    session.evict()
+                    self.evictions += 1
+                finally:
+                    session.lock.release()
+
+    def _drop_excess(self) -> None:
+        while len(self._sessions) > self.max_conversations:
+            key, session = self._sessions.popitem(last=False)
+            for digest in _prefix_keys(session.messages):
+                if self._prefix_index.get(digest) == key:
+                    del self._prefix_index[digest]
+            session.evict()
+
+    def reset(self, conversation_id: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(f"id:{conversation_id}", None)
+            if session is not None:
+                session.evict()

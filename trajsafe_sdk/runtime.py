@@ -1,0 +1,102 @@
+"""ONNX Runtime provider choice and session creation (CPU, or CUDA when it really works)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import ProviderError
+
+log = logging.getLogger("trajsafe_sdk")
+
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build lists (listed does not mean usable)."""
+    return list(ort.get_available_providers())
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = threads or int(os.environ.get("TRAJSAFE_THREADS", "0"))
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+def create_session(onnx_path: Path | str | bytes, provider: str, threads: int | None = None) -> ort.InferenceSession:
+    """Create an inference session on exactly `provider` ('cpu' or 'cuda'); raise ProviderError if it cannot run."""
+    if provider not in PROVIDER_NAMES:
+        raise ProviderError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
+    name = PROVIDER_NAMES[provider]
+    if name not in available_providers():
+        raise ProviderError(f"provider {provider!r} is not in this onnxruntime build ({ort.__version__}, "
+                            f"providers: {available_providers()}); install onnxruntime-gpu on a CUDA machine")
+    providers = [name] if provider == "cpu" else [name, "CPUExecutionProvider"]
+    source = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+    session = ort.InferenceSession(source, sess_options=session_options(threads), providers=providers)
+    if session.get_providers()[0] != name:
+        # onnxruntime falls back to CPU silently when the CUDA libraries or the device are missing
+        raise ProviderError(f"provider {provider!r} was requested but onnxruntime could not initialise it "
+                            "(no CUDA device, or CUDA/cuDNN libraries missing); use --provider cpu or auto")
+    return session
+
+
+def cuda_usable() -> tuple[bool, str]:
+    """Whether the CUDA provider really runs here, and why not."""
+    if PROVIDER_NAMES["cuda"] not in available_providers():
+        return False, "CUDAExecutionProvider is not in this onnxruntime build"
+    try:
+        from onnx import TensorProto, helper
+
+        node = helper.make_node("Identity", ["x"], ["y"])
+        graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        create_session(model.SerializeToString(), "cuda")
+    except ImportError:
+        return True, "listed (onnx not installed to probe further)"
+    except ProviderError as exc:
+        return False, str(exc)
+    except Exception as exc:  # driver errors surface as generic onnxruntime exceptions
+        return False, f"CUDA session failed: {exc}"
+    return True, "ok"
+
+
+def resolve_provider(requested: str = "auto") -> str:
+    """'auto' -> 'cuda' if it really works, else 'cpu'; 'cuda' where it cannot run is an error."""
+    if requested not in PROVIDER_CHOICES:
+        raise ProviderError(f"unknown provider {requested!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
+    if requested == "cpu":
+        return "cpu"
+    ok, why = cuda_usable()
+    if requested == "cuda" and not ok:
+        raise ProviderError(f"provider 'cuda' cannot run here: {why}")
+    if requested == "auto" and not ok:
+        log.debug("provider auto -> cpu (%s)", why)
+    return "cuda" if ok else "cpu"
+
+
+def open_session(onnx_path: Path | str, requested: str = "auto",
+                 threads: int | None = None) -> tuple[ort.InferenceSession, str]:
+    """Open the model on the requested provider; 'auto' tries CUDA first and says why it fell back."""
+    if requested not in PROVIDER_CHOICES:
+        raise ProviderError(f"unknown provider {requested!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
+    if requested in ("cuda", "cpu"):
+        return create_session(onnx_path, requested, threads), requested
+    if PROVIDER_NAMES["cuda"] in available_providers():
+        try:
+            return create_session(onnx_path, "cuda", threads), "cuda"
+        except ProviderError as exc:
+            log.info("provider auto -> cpu: %s", exc)
+        except Exception as exc:  # driver/library errors surface as generic onnxruntime exceptions
+            log.info("provider auto -> cpu: CUDA session failed: %s", exc)
+    return create_session(onnx_path, "cpu", threads), "cpu"
