@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,14 @@ REQUIRED_KEYS = ("schema_version", "name", "version", "labels", "layout", "conte
 
 
 def default_package_path() -> Path:
-    """The embedded default monitor shipped inside the wheel (`models/default` in the repo)."""
-    return Path(__file__).resolve().parent / "_default_model"
+    """The default monitor: `$TRAJSAFE_MODEL` if set, else the one shipped in the wheel (`models/default`)."""
+    if os.environ.get("TRAJSAFE_MODEL"):
+        return Path(os.environ["TRAJSAFE_MODEL"])
+    here = Path(__file__).resolve().parent
+    installed = here / "_default_model"
+    if (installed / MANIFEST).is_file():
+        return installed
+    return here.parent / "models" / "default"  # a source checkout or an editable install
 
 
 def sha256_file(path: Path) -> str:

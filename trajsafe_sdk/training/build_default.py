@@ -13,10 +13,12 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from ..labels import ACTIONS
 
@@ -54,13 +56,21 @@ def _source_root(source: str | None) -> str:
     return str(source or "unknown").split("/")[0].split(":")[0]
 
 
+REAL_PATTERNS = frozenset({"single_turn", "real_multi_turn_attack", "benign_dialogue", "benign_single",
+                           "benign_scary_single", "jbb_benign_twin"})
+
+
 def is_synthetic(record: dict[str, Any]) -> bool:
-    text = f"{record.get('source', '')} {record.get('license', '')} {record.get('pattern', '')}".lower()
-    return "synth" in text or "template" in text or "generated" in text
+    """Project-generated (templated trajectories, stitched chats), as opposed to a public row read as given."""
+    return record.get("source") == "trajsafe_synthetic" or record.get("pattern") not in REAL_PATTERNS
 
 
 def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _sci(v: Any) -> str:
+    return "–" if v is None else f"{v:.1e}"
 
 
 def _metrics_row(name: str, m: dict[str, Any]) -> str:
@@ -82,7 +92,7 @@ def render_card(info: dict[str, Any]) -> str:
     for src, (n, lic) in sorted(info["sources"].items()):
         src_lines.append(f"| `{src}` | {PUBLIC_DATASETS.get(src, 'project-generated (see trajsafe_sdk/training)')} "
                          f"| {lic} | {n} |")
-    parity_lines = [f"| {v} | {_fmt(r.get('max_abs_diff'))} | {_fmt(r.get('max_abs_diff_incremental'))} | "
+    parity_lines = [f"| {v} | {_sci(r.get('max_abs_diff'))} | {_sci(r.get('max_abs_diff_incremental'))} | "
                     f"{_fmt(r.get('argmax_action_agreement'))} | {r.get('error', '')} |"
                     for v, r in info["parity"].items()]
     size_lines = [f"| {v} | {s:.1f} MB |" for v, s in info["file_mb"].items()]
@@ -102,7 +112,8 @@ risk that the trajectory is heading to harm. The label head is the tied embeddin
 {info['n_train']} training and {info['n_dev']} development conversations built by
 `trajsafe_sdk.training.dataset.build_corpus` from the public datasets below (copied unchanged under `data/`, each with
 its `SOURCE.txt`) plus project-generated multi-turn variants; per-message targets come from the project's hindsight
-teacher. Synthetic/templated share of the records: {info['synthetic_share']:.1%}.
+teacher. Synthetic share (templated multi-turn trajectories around the public seed requests, stitched benign
+chats, template-only benign conversations): {info['synthetic_share']:.1%} of the records.
 
 | source | dataset | license | records (train+dev) |
 |---|---|---|---|
@@ -188,15 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="fixed number of steps (overrides the budget)")
     p.add_argument("--smoke", action="store_true", help="tiny model, few steps (CI)")
     p.add_argument("--work", type=Path, default=None, help="folder for checkpoints and intermediate files")
+    p.add_argument("--from-checkpoint", type=Path, default=None,
+                   help="skip training: export/evaluate WORK/checkpoint of an earlier build")
+    p.add_argument("--target-friction", type=float, default=None, help="policy fit: friction target (validation)")
+    p.add_argument("--target-over-refusal", type=float, default=None, help="policy fit: over-refusal target")
     args = p.parse_args(argv)
+    targets = {k: v for k, v in (("target_friction", args.target_friction),
+                                 ("target_over_refusal", args.target_over_refusal)) if v is not None}
     build(args.data_dir, args.out, seed=args.seed, max_minutes=args.max_minutes, smoke=args.smoke,
-          max_steps=args.max_steps, work=args.work, command=" ".join(["python -m trajsafe_sdk.training.build_default",
-                                                                       *map(shlex.quote, argv or sys.argv[1:])]))
+          max_steps=args.max_steps, work=args.work, from_checkpoint=args.from_checkpoint, policy_targets=targets,
+          command=" ".join(["python -m trajsafe_sdk.training.build_default", *map(shlex.quote, argv or sys.argv[1:])]))
     return 0
 
 
 def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0, smoke: bool = False,
           max_steps: int | None = None, work: Path | None = None, command: str = "",
+          from_checkpoint: Path | None = None, policy_targets: dict[str, float] | None = None,
           log: Any = None) -> dict[str, Any]:
     """Corpus -> train -> export -> evaluate -> package. Returns a summary dict."""
     import torch
@@ -211,7 +229,14 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
         write_monitor_package,
     )
     from .model import architecture
-    from .train import TrainConfig, evaluate, record_messages, train_monitor
+    from .train import (
+        TrainConfig,
+        evaluate,
+        fit_policy_on_validation,
+        record_messages,
+        split_validation,
+        train_monitor,
+    )
 
     t0 = time.time()
 
@@ -236,7 +261,25 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
                           max_steps=max_steps or 40, max_len=256, tokens_per_batch=4096, log_every=10)
     else:
         cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_steps=max_steps)
-    res = train_monitor(train, cfg, log=say, out_dir=work / "checkpoint")
+    cfg = replace(cfg, **(policy_targets or {}))
+    if from_checkpoint is None:
+        res = train_monitor(train, cfg, log=say, out_dir=work / "checkpoint")
+    else:  # re-export / re-evaluate a trained checkpoint; the policy is refitted on the same validation slice
+        from transformers import LlamaForCausalLM
+
+        from ..layout import MessageEncoder, default_layout
+
+        saved = json.loads((from_checkpoint / "train_stats.json").read_text())
+        cfg = replace(TrainConfig(**saved["config"]), **(policy_targets or {}))
+        torch.set_num_threads(cfg.threads)
+        model = LlamaForCausalLM.from_pretrained(from_checkpoint / "hf").eval()
+        tokenizer = Tokenizer.from_file(str(from_checkpoint / "tokenizer.json"))
+        encoder = MessageEncoder(tokenizer, default_layout())
+        _, val = split_validation(train, cfg.val_frac, cfg.seed)
+        policy, val_metrics = fit_policy_on_validation(model, encoder, val, cfg)
+        say(f"checkpoint {from_checkpoint}: policy {policy}; validation slice {val_metrics}")
+        res = {"model": model, "config": model.config, "tokenizer": tokenizer, "encoder": encoder, "policy": policy,
+               "stats": {**saved, "config": asdict(cfg), "validation_metrics": val_metrics}}
     model, encoder, tokenizer, policy = res["model"], res["encoder"], res["tokenizer"], res["policy"]
     arch = architecture(res["config"])
 
@@ -301,6 +344,9 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
         "dev": ev, "variant_eval": variant_eval,
     }
     card = render_card(info)
+    (work / "card_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "dev"}, indent=2,
+                                                    default=str))
+    (work / "dev_eval.json").write_text(json.dumps({k: v for k, v in ev.items() if k != "items"}, indent=2))
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("monitor.*.onnx"):
         stale.unlink()

@@ -218,11 +218,11 @@ def multitask_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     return loss, {k: float(v.detach()) for k, v in (("act", l_act), ("cat", l_cat), ("risk", l_risk), ("lm", l_lm))}
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    warm = max(1, int(cfg.warmup_frac * total))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    frac = min(1.0, (step - warm) / max(1, total - warm))
+def lr_at(progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to `min_lr_ratio`, over training progress in [0, 1]."""
+    if progress < cfg.warmup_frac:
+        return cfg.lr * max(progress, 1e-3) / cfg.warmup_frac
+    frac = min(1.0, (progress - cfg.warmup_frac) / max(1e-9, 1 - cfg.warmup_frac))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -402,6 +402,20 @@ def split_validation(records: list[dict[str, Any]], frac: float, seed: int
     return train, val
 
 
+def fit_policy_on_validation(model: torch.nn.Module, encoder: MessageEncoder, val_records: list[dict[str, Any]],
+                             cfg: TrainConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Policy thresholds fitted on the validation slice of TRAIN, and the slice's metrics under them."""
+    val_probs, labels = [], []
+    logits = predict_conversations(model, encoder, [record_messages(r) for r in val_records])
+    for r, lg in zip(val_records, logits, strict=True):
+        rows = user_rows(record_messages(r), encoder, len(lg))
+        val_probs.append(softmax(lg[rows, :N_ACT]) if rows else np.zeros((0, N_ACT)))
+        labels.append(r["label"])
+    policy = fit_policy(val_probs, labels, cfg.target_friction, cfg.target_over_refusal)
+    val_items = [{"label": lab, "actions": ladder(p, policy)} for lab, p in zip(labels, val_probs, strict=True)]
+    return policy, conversation_metrics(val_items)
+
+
 def corpus_texts(records: Iterable[dict[str, Any]]) -> Iterable[str]:
     for r in records:
         for m in r["messages"]:
@@ -438,25 +452,32 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
     gen = torch.Generator().manual_seed(cfg.seed)
     budget_s = cfg.max_minutes * 60.0
-    total = cfg.max_steps or 10**9
+
+    def progress(step: int) -> float:
+        # a fixed step count gives a step schedule; otherwise the schedule follows the wall-clock budget
+        if cfg.max_steps:
+            return step / cfg.max_steps
+        return (time.time() - t_train) / budget_s
+
     step, epoch, t_train = 0, 0, time.time()
-    measured = False
     hist: list[dict[str, float]] = []
     done = False
     while not done:
-        examples = plain if epoch == 0 and cfg.aug_prob <= 0 else [
-            e for r in fit_records
-            if (e := encode_record(encoder, augment(r, rng) if rng.random() < cfg.aug_prob else r,
-                                   cfg.max_len, cfg.benign_weight))]
+        examples = [e for r in fit_records
+                    if (e := encode_record(encoder, augment(r, rng) if rng.random() < cfg.aug_prob else r,
+                                           cfg.max_len, cfg.benign_weight))]
         batches = make_batches(examples, cfg.tokens_per_batch, cfg.max_batch, rng)
         log(f"epoch {epoch}: {len(batches)} batches")
         model.train()
         for batch in batches:
-            if step >= total:
+            prog = progress(step)
+            if prog >= 1.0 or time.time() - t_train > budget_s:
+                log(f"{'step' if cfg.max_steps else 'wall-clock'} budget reached at step {step}")
                 done = True
                 break
+            lr = lr_at(prog, cfg)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg)
+                g["lr"] = lr
             loss, parts = multitask_loss(model, collate(batch), cfg, action_weights, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -464,33 +485,16 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
             opt.step()
             step += 1
             hist.append(parts)
-            elapsed = time.time() - t_train
-            if cfg.max_steps is None and not measured and step == 30:
-                per_step = elapsed / step
-                total = max(step + 1, int(budget_s / per_step * 0.95))
-                measured = True
-                log(f"measured {per_step:.2f}s/step -> schedule of {total} steps in {cfg.max_minutes:.1f} min")
             if step % cfg.log_every == 0:
                 avg = {k: float(np.mean([h[k] for h in hist[-cfg.log_every:]])) for k in parts}
-                log(f"step {step}/{total} lr {lr_at(step, total, cfg):.2e} "
-                    + " ".join(f"{k} {v:.3f}" for k, v in avg.items()) + f" ({elapsed / 60:.1f} min)")
-            if elapsed > budget_s:
-                log(f"wall-clock budget reached at step {step}")
-                done = True
-                break
+                log(f"step {step} progress {prog:.3f} lr {lr:.2e} "
+                    + " ".join(f"{k} {v:.3f}" for k, v in avg.items())
+                    + f" ({(time.time() - t_train) / 60:.1f} min, {(time.time() - t_train) / step:.2f}s/step)")
         epoch += 1
     train_s = time.time() - t_train
     model.eval()
 
-    val_probs, labels = [], []
-    logits = predict_conversations(model, encoder, [record_messages(r) for r in val_records])
-    for r, lg in zip(val_records, logits, strict=True):
-        rows = user_rows(record_messages(r), encoder, len(lg))
-        val_probs.append(softmax(lg[rows, :N_ACT]) if rows else np.zeros((0, N_ACT)))
-        labels.append(r["label"])
-    policy = fit_policy(val_probs, labels, cfg.target_friction, cfg.target_over_refusal)
-    val_items = [{"label": lab, "actions": ladder(p, policy)} for lab, p in zip(labels, val_probs, strict=True)]
-    val_metrics = conversation_metrics(val_items)
+    policy, val_metrics = fit_policy_on_validation(model, encoder, val_records, cfg)
     log(f"policy {policy}; validation slice: catch {val_metrics['catch_rate']} friction {val_metrics['friction']} "
         f"over-refusal {val_metrics['over_refusal']}")
     stats = {"steps": step, "epochs_started": epoch, "train_seconds": train_s, "parameters": n_params,
