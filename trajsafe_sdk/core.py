@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from .errors import MessageError, MonitorError, PackageError
 from .labels import ACTIONS, CATEGORIES
@@ -102,6 +103,73 @@ class KVCache:
         """Free the buffers (the owner re-feeds its transcript before the next use)."""
         self.keys, self.values, self.length = [], [], 0
 
+    def bind(self, binding: ort.IOBinding, layer: int, t: int) -> None:
+        """Bind the cached prefix as `past_*` and the slot after it as `new_*` (in place, no copy)."""
+        past = self.length
+        for kind, buffers in (("key", self.keys), ("value", self.values)):
+            buf = buffers[layer]
+            binding.bind_cpu_input(f"past_{kind}.{layer}", buf[:, :past])
+            out = buf[:, past:past + t]  # contiguous for a batch of one
+            binding.bind_output(f"new_{kind}.{layer}", "cpu", 0, buf.dtype, list(out.shape), out.ctypes.data)
+
+    def read(self, layer: int, kind: str) -> np.ndarray:
+        """Host copy of the valid prefix [length, Hkv, D] (batched runs, forks)."""
+        return (self.keys if kind == "key" else self.values)[layer][0, : self.length]
+
+    def write(self, layer: int, kind: str, start: int, values: np.ndarray) -> None:
+        (self.keys if kind == "key" else self.values)[layer][0, start : start + len(values)] = values
+
+
+class DeviceKVCache(KVCache):
+    """A KV cache resident on the CUDA device, bound by pointer with IO binding (never copied to the host per turn).
+
+    Capacity is fixed at allocation (the context limit), so no growth copy is ever needed on the device.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: type, capacity: int,
+                 device_id: int = 0) -> None:
+        self.device_id = device_id
+        super().__init__(num_layers, num_kv_heads, head_dim, dtype, capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        shape = [1, capacity, *self.shape_tail]
+        self.keys = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, "cuda", self.device_id)
+                     for _ in range(self.num_layers)]
+        self.values = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, "cuda", self.device_id)
+                       for _ in range(self.num_layers)]
+        self._capacity = capacity
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity if self.keys else 0
+
+    @property
+    def nbytes(self) -> int:
+        row = int(np.prod(self.shape_tail)) * np.dtype(self.dtype).itemsize
+        return 2 * self.num_layers * self.capacity * row
+
+    def reserve(self, total: int) -> None:
+        if total > self.capacity:
+            raise MonitorError(f"device KV cache full ({self.capacity} positions); the session re-windows first")
+
+    def bind(self, binding: ort.IOBinding, layer: int, t: int) -> None:
+        row = int(np.prod(self.shape_tail)) * np.dtype(self.dtype).itemsize
+        shape_past, shape_new = [1, self.length, *self.shape_tail], [1, t, *self.shape_tail]
+        for kind, buffers in (("key", self.keys), ("value", self.values)):
+            base = buffers[layer].data_ptr()
+            binding.bind_input(f"past_{kind}.{layer}", "cuda", self.device_id, self.dtype, shape_past, base)
+            binding.bind_output(f"new_{kind}.{layer}", "cuda", self.device_id, self.dtype, shape_new,
+                                base + self.length * row)
+
+    def read(self, layer: int, kind: str) -> np.ndarray:
+        return (self.keys if kind == "key" else self.values)[layer].numpy()[0, : self.length]
+
+    def write(self, layer: int, kind: str, start: int, values: np.ndarray) -> None:
+        buffers = self.keys if kind == "key" else self.values
+        host = buffers[layer].numpy()
+        host[0, start : start + len(values)] = values
+        buffers[layer].update_inplace(host)
+
 
 class Monitor:
     """A loaded monitor package on one ONNX Runtime session (thread-safe to share)."""
@@ -155,6 +223,9 @@ class Monitor:
         return TrajectorySession(self)
 
     def new_cache(self, capacity: int = 128) -> KVCache:
+        """An empty cache: host memory on CPU (grows by doubling), device memory on CUDA (context-sized)."""
+        if self.provider == "cuda":
+            return DeviceKVCache(self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype, self.context_limit)
         return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype, capacity)
 
     # -- running the graph -------------------------------------------------------------------------------------
@@ -166,6 +237,8 @@ class Monitor:
         """
         if len(caches) == 1:
             return [self._run_single(caches[0], new_ids[0], score_positions[0])]
+        if any(isinstance(c, DeviceKVCache) for c in caches):  # device caches are not gathered through the host
+            return [self._run_single(c, x, p) for c, x, p in zip(caches, new_ids, score_positions, strict=True)]
         return self._run_batch(caches, new_ids, score_positions)
 
     def _run_single(self, cache: KVCache, ids: np.ndarray, positions: Sequence[int]) -> np.ndarray:
@@ -182,12 +255,8 @@ class Monitor:
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         for i in range(self.num_layers):
-            for kind, buffers in (("key", cache.keys), ("value", cache.values)):
-                buf = buffers[i]
-                binding.bind_cpu_input(f"past_{kind}.{i}", buf[:, :past])
-                out = buf[:, past:past + t]  # contiguous for a batch of one: written in place
-                binding.bind_output(f"new_{kind}.{i}", "cpu", 0, buf.dtype, list(out.shape), out.ctypes.data)
-        binding.bind_output("label_logits")
+            cache.bind(binding, i, t)
+        binding.bind_output("label_logits", "cpu")
         try:
             self.ort_session.run_with_iobinding(binding)
         except Exception as exc:
@@ -220,7 +289,7 @@ class Monitor:
                 past = np.zeros((b, p_max, self.num_kv_heads, self.head_dim), self.kv_dtype)
                 for r, c in enumerate(caches):
                     if c.length:
-                        past[r, : c.length] = (c.keys if kind == "key" else c.values)[i][0, : c.length]
+                        past[r, : c.length] = c.read(i, kind)
                 feeds[f"past_{kind}.{i}"] = past
         try:
             outputs = self.ort_session.run(None, feeds)
@@ -230,8 +299,8 @@ class Monitor:
         for r, (c, t) in enumerate(zip(caches, lens, strict=True)):
             c.reserve(c.length + t)
             for i in range(self.num_layers):
-                c.keys[i][0, c.length : c.length + t] = named[f"new_key.{i}"][r, :t]
-                c.values[i][0, c.length : c.length + t] = named[f"new_value.{i}"][r, :t]
+                c.write(i, "key", c.length, named[f"new_key.{i}"][r, :t])
+                c.write(i, "value", c.length, named[f"new_value.{i}"][r, :t])
             c.length += t
         return [named["label_logits"][r, : len(sp)] for r, sp in enumerate(score_positions)]
 
@@ -481,9 +550,9 @@ class TrajectorySession:
             if self.cache is not None and all(s is not None for s in self.spans[:n]):
                 length = self.spans[n].start if n < len(self.spans) else self.cache.length  # type: ignore[union-attr]
                 other.cache = self.monitor.new_cache(max(length, 1))
-                for dst, src in zip(other.cache.keys + other.cache.values, self.cache.keys + self.cache.values,
-                                    strict=True):
-                    dst[:, :length] = src[:, :length]
+                for i in range(self.monitor.num_layers):
+                    for kind in ("key", "value"):
+                        other.cache.write(i, kind, 0, self.cache.read(i, kind)[:length])
                 other.cache.length = length
                 other.spans = list(self.spans[:n])
             return other
