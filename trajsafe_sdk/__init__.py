@@ -1,5 +1,12 @@
-"""TrajSafe SDK: a trajectory-aware guardrail for chat applications."""
+"""TrajSafe SDK: a trajectory-aware guardrail for chat applications.
 
+`import trajsafe_sdk` stays light: the runtime (numpy, onnxruntime, tokenizers) loads when a monitor is first used,
+or when `Monitor`, `Policy` or `SessionPool` is first accessed.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from .decision import Decision
 from .errors import (
     ConversationTerminated,
     GuardBlocked,
@@ -9,7 +16,27 @@ from .errors import (
     ProviderError,
     TrajSafeError,
 )
+from .guard import DecisionEvent, Guard, StreamChecker, Verdict, default_monitor, guard
+from .handlers import Handlers
 from .labels import ACTIONS, CATEGORIES, Action, Category
+
+if TYPE_CHECKING:
+    from .core import Monitor
+    from .policy import Policy
+    from .pool import SessionPool
+
+_LAZY = {"Monitor": ".core", "Policy": ".policy", "SessionPool": ".pool"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -19,11 +46,22 @@ __all__ = [
     "Action",
     "Category",
     "ConversationTerminated",
+    "Decision",
+    "DecisionEvent",
+    "Guard",
     "GuardBlocked",
+    "Handlers",
     "MessageError",
+    "Monitor",
     "MonitorError",
     "PackageError",
+    "Policy",
     "ProviderError",
+    "SessionPool",
+    "StreamChecker",
     "TrajSafeError",
+    "Verdict",
     "__version__",
+    "default_monitor",
+    "guard",
 ]

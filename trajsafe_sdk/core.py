@@ -409,9 +409,13 @@ class TrajectorySession:
         transcript, self.messages, self.spans = self.messages, [], []
         if transcript:
             self.rebuilds += 1
-            plan = self._plan(transcript)
-            if len(plan[0]):
-                self.monitor.run([self.cache], [plan[0]], [plan[1]])
+            try:
+                plan = self._plan(transcript)
+                if len(plan[0]):
+                    self.monitor.run([self.cache], [plan[0]], [plan[1]])
+            except BaseException:  # a failed rebuild keeps the transcript (and stays evicted)
+                self.cache, self.messages, self.spans = None, transcript, []
+                raise
             self._commit(transcript, plan, None, 0.0)
 
     def _plan(self, new: list[Message]) -> tuple[np.ndarray, list[int], list[int]]:

@@ -22,6 +22,10 @@ class Policy:
     else `allow`. A terminated conversation stays terminated (`sticky_terminate`) until the application resets it.
     After a probe, a reply that lowers the risk (a credible purpose) de-escalates: at most `steer`, and `allow`
     when the risk falls under `deescalate_risk`; a probe is never repeated on the next turn (it becomes `steer`).
+
+    A threshold above 1 disables its action. `stage` ("input", "output", "stream") says what was just read: only
+    input decisions are remembered for de-escalation; any `terminate` is sticky. Subclasses may override
+    `ladder_action` (e.g. to use `assessment.risk`).
     """
 
     thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
@@ -32,16 +36,24 @@ class Policy:
     def from_package(cls, defaults: Mapping[str, Any], **overrides: Any) -> Policy:
         thresholds = {k: float(defaults[k]) for k in LADDER if k in defaults}
         thresholds.update(overrides.pop("thresholds", {}) or {})
+        for key in ("sticky_terminate", "deescalate_risk"):  # optional package defaults
+            if key in defaults and key not in overrides:
+                overrides[key] = defaults[key]
         policy = cls(thresholds={**DEFAULT_THRESHOLDS, **thresholds}, **overrides)
         policy.validate()
         return policy
 
     def validate(self) -> None:
+        """Raise ValueError on an unknown action name or a threshold that is not a number >= 0."""
+        if not isinstance(self.thresholds, Mapping):
+            raise ValueError(f"policy thresholds must map action -> float, got {type(self.thresholds).__name__}")
         for name, value in self.thresholds.items():
             if name not in LADDER:
                 raise ValueError(f"unknown policy threshold {name!r}; expected one of {', '.join(LADDER)}")
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"policy threshold {name}={value!r} must be within [0, 1]")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not float(value) >= 0.0:
+                raise ValueError(f"policy threshold {name}={value!r} must be a number in [0, 1] (above 1: never)")
+        if not 0.0 <= float(self.deescalate_risk) <= 1.0:
+            raise ValueError(f"deescalate_risk={self.deescalate_risk!r} must be within [0, 1]")
 
     def choose(self, action_scores: Any) -> str:
         """The severity ladder over cumulative action probabilities."""
@@ -51,15 +63,21 @@ class Policy:
                 return action
         return "allow"
 
-    def decide(self, assessment: Assessment, state: dict[str, Any] | None = None) -> Decision:
+    def ladder_action(self, assessment: Assessment) -> str:
+        """The action for one assessment before conversation state is applied (default: `choose`)."""
+        return self.choose(assessment.action_scores)
+
+    def decide(self, assessment: Assessment, state: dict[str, Any] | None = None, stage: str = "input") -> Decision:
         """A Decision for `assessment`; `state` (per conversation) carries termination and probe history."""
         state = state if state is not None else {}
-        action = self.choose(assessment.action_scores)
+        action = self.ladder_action(assessment)
         category = assessment.category
         reason = _reason(action, category, assessment.risk)
         last = state.get("last_decision")
         if self.sticky_terminate and state.get("terminated"):
             action, reason = "terminate", "conversation was terminated earlier; reset it to continue"
+        elif stage != "input":
+            pass  # a reply (or part of one) is judged on its own scores; no probe bookkeeping
         elif last is not None and last.get("action") == "probe" and action in ("allow", "probe", "steer"):
             if assessment.risk < last.get("risk", 1.0) and assessment.risk < self.deescalate_risk:
                 action, reason = "allow", "the user's answer to the probe lowered the risk"
@@ -70,7 +88,9 @@ class Policy:
         if action != "allow" and category == "benign":
             category = CATEGORIES[1 + int(max(range(len(CATEGORIES) - 1),
                                               key=lambda i: assessment.category_scores[i + 1]))]
-        state["last_decision"] = {"action": action, "risk": assessment.risk, "message_index": assessment.message_index}
+        if stage == "input":
+            state["last_decision"] = {"action": action, "risk": assessment.risk,
+                                      "message_index": assessment.message_index}
         return Decision(
             action=action,
             category=category,

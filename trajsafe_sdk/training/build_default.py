@@ -289,7 +289,8 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
     sample = [record_messages(dev[i]) for i in rng.permutation(len(dev))[: (12 if smoke else 48)]]
     parity = check_parity(model, encoder, arch, files, sample)
     say(f"parity: {json.dumps(parity)}")
-    optimum_check = check_optimum_export(work / "checkpoint" / "hf") if smoke else "not run (smoke path only)"
+    hf_dir = (from_checkpoint or work / "checkpoint") / "hf"
+    optimum_check = check_optimum_export(hf_dir) if smoke else "not run (smoke path only)"
     if smoke:
         say(f"optimum main_export: {optimum_check}")
 

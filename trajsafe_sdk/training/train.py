@@ -297,6 +297,23 @@ def ladder(action_probs: np.ndarray, thresholds: dict[str, float]) -> list[str]:
     return out
 
 
+def runtime_actions(logits: np.ndarray, thresholds: dict[str, float]) -> list[str]:
+    """Per user turn actions exactly as the runtime decides them (`trajsafe_sdk.policy.Policy`: ladder, sticky
+    terminate, probe de-escalation); falls back to `ladder` if the runtime policy is unavailable."""
+    probs = softmax(logits[:, :N_ACT].astype(np.float64))
+    try:
+        from ..core import Assessment
+        from ..policy import Policy
+    except ImportError:
+        return ladder(probs, thresholds)
+    policy = Policy.from_package(thresholds)
+    cats = softmax(logits[:, N_ACT:N_ACT + N_CAT].astype(np.float64))
+    risk = softmax(logits[:, N_ACT + N_CAT:].astype(np.float64))[:, 1]
+    state: dict[str, Any] = {}
+    return [policy.decide(Assessment(i, "user", probs[i], cats[i], float(risk[i]), 0, 0.0), state).action
+            for i in range(len(logits))]
+
+
 def user_rows(msgs: list[Message], encoder: MessageEncoder, n_rows: int) -> list[int]:
     """Indices (into the assessment rows) of the user-message assessments."""
     assessed = [m for m in msgs if encoder.assesses(m)][:n_rows]
@@ -359,9 +376,8 @@ def evaluate(model: torch.nn.Module, encoder: MessageEncoder, records: list[dict
     items = []
     for r, msgs, lg in zip(records, convs, logits, strict=True):
         rows = user_rows(msgs, encoder, len(lg))
-        probs = softmax(lg[rows, :N_ACT]) if rows else np.zeros((0, N_ACT))
         items.append({"label": r["label"], "category": r.get("category"), "source": r.get("source"),
-                      "pattern": r.get("pattern"), "actions": ladder(probs, thresholds)})
+                      "pattern": r.get("pattern"), "actions": runtime_actions(lg[rows], thresholds) if rows else []})
     result = {"monitor": _report(items)}
     if last_message:
         singles, owners = [], []
@@ -373,7 +389,7 @@ def evaluate(model: torch.nn.Module, encoder: MessageEncoder, records: list[dict
         s_logits = predict(singles)
         per_conv: list[list[str]] = [[] for _ in convs]
         for k, lg in zip(owners, s_logits, strict=True):
-            per_conv[k].append(ladder(softmax(lg[:1, :N_ACT]), thresholds)[0] if len(lg) else "allow")
+            per_conv[k].append(runtime_actions(lg[:1], thresholds)[0] if len(lg) else "allow")
         s_items = [{**it, "actions": acts} for it, acts in zip(items, per_conv, strict=True)]
         result["last_message"] = _report(s_items)
         # judged by the last user message only (stateless guard reading)

@@ -1,0 +1,32 @@
+"""Many concurrent conversations, each sending a 64-token turn at once (past 449 tokens), scored in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trajsafe_sdk.bench import TURN_TOKENS, _round_fn
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("conversations", [1, 16, 256])
+def test_throughput(benchmark, models, conversations: int, batch: int) -> None:
+    if batch > conversations:
+        pytest.skip("batch larger than the number of conversations")
+    monitor = models.main_monitor()
+    past = 7 * TURN_TOKENS + 1
+    rng = np.random.default_rng(11)
+    caches = []
+    for _ in range(conversations):  # prefix KV filled with random values: latency does not depend on them
+        cache = monitor.new_cache(past + TURN_TOKENS)
+        for buf in cache.keys + cache.values:
+            buf[:, :past] = rng.standard_normal(buf[:, :past].shape).astype(buf.dtype)
+        cache.length = past
+        caches.append(cache)
+    new = [rng.integers(28, int(models.arch["vocab_size"]), TURN_TOKENS) for _ in range(conversations)]
+    one_round = _round_fn(monitor, caches, new, batch, past)
+    benchmark.group = f"throughput, {conversations} conversations ({monitor.variant})"
+    benchmark.pedantic(one_round, rounds=3 if conversations > 16 else 10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({"conversations": conversations, "batch": batch, "variant": monitor.variant})
+    if benchmark.stats:  # None under --benchmark-disable
+        benchmark.extra_info["turns_per_s"] = conversations / benchmark.stats.stats.median
