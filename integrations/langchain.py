@@ -121,6 +121,11 @@ def _model_messages(original: Sequence[BaseMessage], convo: list[dict[str, str]]
     return out
 
 
+def _assessable(convo: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the monitor has something to assess: a user or assistant message."""
+    return any(m["role"] in ("user", "assistant") for m in convo)
+
+
 def _conversation_id(metadata: Mapping[str, Any] | None, keys: Sequence[str]) -> str | None:
     sources: list[Mapping[str, Any]] = [metadata or {}]
     config = var_child_runnable_config.get()  # set while a chain runs: carries `configurable`
@@ -156,7 +161,7 @@ class GuardedChatModel(BaseChatModel):
     conversation_id: str | None = None
     """A fixed conversation id; else looked up under `conversation_keys`, else matched by the messages."""
     conversation_keys: tuple[str, ...] = CONVERSATION_KEYS
-    cache: Any = False  # never serve a cached reply past the guard (the wrapped model may still cache)
+    cache: Any = Field(default=False, exclude=True)  # never serve a cached reply past the guard
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -201,16 +206,16 @@ class GuardedChatModel(BaseChatModel):
         config["metadata"] = metadata
         return config
 
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:  # noqa: A002
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
         return super().invoke(input, self._with_ids(config), **kwargs)
 
-    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:  # noqa: A002
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
         return await super().ainvoke(input, self._with_ids(config), **kwargs)
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:  # noqa: A002
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
         return super().stream(input, self._with_ids(config), **kwargs)
 
-    def astream(self, input: Any, config: RunnableConfig | None = None,  # noqa: A002
+    def astream(self, input: Any, config: RunnableConfig | None = None,
                 **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
         return super().astream(input, self._with_ids(config), **kwargs)
 
@@ -246,54 +251,61 @@ class GuardedChatModel(BaseChatModel):
         """Whether replies are read and checked (the guard's `check_output` option)."""
         return bool(getattr(self.guard, "output_checks", True))
 
-    def _finish_reply(self, reply: Any, verdict: Verdict, out: Verdict | None) -> ChatResult:
+    def _finish_reply(self, reply: Any, verdict: Verdict | None, out: Verdict | None) -> ChatResult:
         if out is not None and out.response is not None:
-            return self._answer(out.response, verdict, out)
+            return self._answer(out.response, *[v for v in (verdict, out) if v is not None])
         message = reply if isinstance(reply, BaseMessage) else AIMessage(content=str(reply))
         message.response_metadata = {**(message.response_metadata or {}), **_decision_metadata(verdict, out)}
         return ChatResult(generations=[ChatGeneration(message=message)])
 
+    def _send(self, messages: list[BaseMessage], convo: list[dict[str, str]],
+              verdict: Verdict | None) -> list[BaseMessage]:
+        return _model_messages(messages, convo, verdict.messages) if verdict is not None else messages
+
     # -- BaseChatModel hooks --------------------------------------------------------------------------------------
+    # A call without any user or assistant message (nothing the monitor assesses) passes through unchecked.
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         cid, convo = self._cid(run_manager), to_openai_messages(messages)
-        verdict = self.guard.check_input(convo, conversation_id=cid)
-        if not verdict.call_model:
+        verdict = self.guard.check_input(convo, conversation_id=cid) if _assessable(convo) else None
+        if verdict is not None and not verdict.call_model:
             return self._answer(verdict.response or "", verdict)
-        reply = self.model.invoke(_model_messages(messages, convo, verdict.messages), self._child(run_manager),
+        reply = self.model.invoke(self._send(messages, convo, verdict), self._child(run_manager),
                                   **self._kwargs(stop, kwargs))
-        out = self.guard.check_output(convo, _reply_text(reply), conversation_id=cid) if self._reads else None
+        reads = self._reads and verdict is not None
+        out = self.guard.check_output(convo, _reply_text(reply), conversation_id=cid) if reads else None
         return self._finish_reply(reply, verdict, out)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         cid, convo = self._cid(run_manager), to_openai_messages(messages)
-        verdict = await self.guard.acheck_input(convo, conversation_id=cid)
-        if not verdict.call_model:
+        verdict = await self.guard.acheck_input(convo, conversation_id=cid) if _assessable(convo) else None
+        if verdict is not None and not verdict.call_model:
             return self._answer(verdict.response or "", verdict)
-        reply = await self.model.ainvoke(_model_messages(messages, convo, verdict.messages),
-                                         self._child(run_manager), **self._kwargs(stop, kwargs))
-        out = await self.guard.acheck_output(convo, _reply_text(reply), conversation_id=cid) if self._reads else None
+        reply = await self.model.ainvoke(self._send(messages, convo, verdict), self._child(run_manager),
+                                         **self._kwargs(stop, kwargs))
+        reads = self._reads and verdict is not None
+        out = await self.guard.acheck_output(convo, _reply_text(reply), conversation_id=cid) if reads else None
         return self._finish_reply(reply, verdict, out)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         cid, convo = self._cid(run_manager), to_openai_messages(messages)
-        verdict = self.guard.check_input(convo, conversation_id=cid)
-        if not verdict.call_model:
+        verdict = self.guard.check_input(convo, conversation_id=cid) if _assessable(convo) else None
+        if verdict is not None and not verdict.call_model:
             yield self._answer_chunk(verdict.response or "", verdict)
             return
-        checker = self.guard.stream_checker(convo, conversation_id=cid) if self._reads else None
-        stream = self.model.stream(_model_messages(messages, convo, verdict.messages), self._child(run_manager),
+        reads = self._reads and verdict is not None
+        checker = self.guard.stream_checker(convo, conversation_id=cid) if reads else None
+        stream = self.model.stream(self._send(messages, convo, verdict), self._child(run_manager),
                                    **self._kwargs(stop, kwargs))
         first = True
         try:
             for chunk in stream:
                 text = _reply_text(chunk)
                 cut = checker.feed(text) if checker is not None and text else None
-                if cut is not None:
-                    final = checker.finish()
-                    yield self._answer_chunk(cut, final)
+                if cut is not None:  # not delivered: the replacement goes out instead, and the stream ends
+                    yield self._answer_chunk(cut, checker.finish())  # type: ignore[union-attr]
                     return
                 yield self._chunk(chunk, verdict, first)
                 first = False
@@ -307,12 +319,13 @@ class GuardedChatModel(BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         cid, convo = self._cid(run_manager), to_openai_messages(messages)
-        verdict = await self.guard.acheck_input(convo, conversation_id=cid)
-        if not verdict.call_model:
+        verdict = await self.guard.acheck_input(convo, conversation_id=cid) if _assessable(convo) else None
+        if verdict is not None and not verdict.call_model:
             yield self._answer_chunk(verdict.response or "", verdict)
             return
-        checker = self.guard.stream_checker(convo, conversation_id=cid) if self._reads else None
-        stream = self.model.astream(_model_messages(messages, convo, verdict.messages), self._child(run_manager),
+        reads = self._reads and verdict is not None
+        checker = self.guard.stream_checker(convo, conversation_id=cid) if reads else None
+        stream = self.model.astream(self._send(messages, convo, verdict), self._child(run_manager),
                                     **self._kwargs(stop, kwargs))
         first = True
         try:
@@ -320,8 +333,7 @@ class GuardedChatModel(BaseChatModel):
                 text = _reply_text(chunk)
                 cut = await checker.afeed(text) if checker is not None and text else None
                 if cut is not None:
-                    final = await checker.afinish()
-                    yield self._answer_chunk(cut, final)
+                    yield self._answer_chunk(cut, await checker.afinish())  # type: ignore[union-attr]
                     return
                 yield self._chunk(chunk, verdict, first)
                 first = False
@@ -334,10 +346,10 @@ class GuardedChatModel(BaseChatModel):
             yield self._answer_chunk(final.response, final)
 
     @staticmethod
-    def _chunk(chunk: Any, verdict: Verdict, first: bool) -> ChatGenerationChunk:
+    def _chunk(chunk: Any, verdict: Verdict | None, first: bool) -> ChatGenerationChunk:
         if not isinstance(chunk, AIMessageChunk):
             chunk = AIMessageChunk(content=_reply_text(chunk))
-        if first:
+        if first and verdict is not None:
             chunk = chunk.model_copy(update={"response_metadata": {**(chunk.response_metadata or {}),
                                                                    **_decision_metadata(verdict)}})
         return ChatGenerationChunk(message=chunk)
@@ -382,8 +394,10 @@ class _Tracker:
     def new_run(self, convo: list[dict[str, str]], metadata: Mapping[str, Any] | None) -> _Run:
         return _Run(convo, self.conversation_id or _conversation_id(metadata, self.conversation_keys))
 
-    def admit(self, run_id: UUID, run: _Run, verdict: Verdict) -> None:
+    def admit(self, run_id: UUID, run: _Run, verdict: Verdict | None) -> None:
         """Raise for a blocked action, else remember the run for its tokens and its end."""
+        if verdict is None:  # nothing to assess (no user or assistant message): not followed
+            return
         if verdict.action in self.block_on:
             raise GuardBlocked(verdict.response or f"blocked by the guard ({verdict.action})", verdict.decision)
         with self.lock:
@@ -411,7 +425,8 @@ class _Tracker:
     # sync
     def start(self, run_id: UUID, convo: list[dict[str, str]], metadata: Mapping[str, Any] | None) -> None:
         run = self.new_run(convo, metadata)
-        self.admit(run_id, run, self.guard.check_input(run.convo, conversation_id=run.conversation_id))
+        verdict = self.guard.check_input(convo, conversation_id=run.conversation_id) if _assessable(convo) else None
+        self.admit(run_id, run, verdict)
 
     def token(self, run_id: UUID, text: str) -> None:
         checker = self.streaming(run_id, text)
@@ -432,7 +447,9 @@ class _Tracker:
     # async
     async def astart(self, run_id: UUID, convo: list[dict[str, str]], metadata: Mapping[str, Any] | None) -> None:
         run = self.new_run(convo, metadata)
-        self.admit(run_id, run, await self.guard.acheck_input(run.convo, conversation_id=run.conversation_id))
+        verdict = await self.guard.acheck_input(convo, conversation_id=run.conversation_id) \
+            if _assessable(convo) else None
+        self.admit(run_id, run, verdict)
 
     async def atoken(self, run_id: UUID, text: str) -> None:
         checker = self.streaming(run_id, text)

@@ -87,6 +87,11 @@ def _prompt_convo(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
+def _assessable(convo: Sequence[dict[str, str]]) -> bool:
+    """Whether the monitor has something to assess: a user or assistant message."""
+    return any(m["role"] in ("user", "assistant") for m in convo)
+
+
 def _reads(guard: Guard) -> bool:
     """Whether replies are read and checked (the guard's `check_output` option)."""
     return bool(getattr(guard, "output_checks", True))
@@ -182,48 +187,59 @@ class GuardedLLM(LLM):
         cid = kwargs.pop("trajsafe_conversation_id", None)
         return cid if cid is not None else self.conversation_id
 
-    def _check(self, convo: list[dict[str, str]], cid: str | None) -> Verdict:
+    # A call without any user or assistant message (nothing the monitor assesses) passes through unchecked.
+    def _check(self, convo: list[dict[str, str]], cid: str | None) -> Verdict | None:
+        if not _assessable(convo):
+            return None
         verdict = self.guard.check_input(convo, conversation_id=cid)
         _emit(verdict, "llm")
         return verdict
 
-    async def _acheck(self, convo: list[dict[str, str]], cid: str | None) -> Verdict:
+    async def _acheck(self, convo: list[dict[str, str]], cid: str | None) -> Verdict | None:
+        if not _assessable(convo):
+            return None
         verdict = await self.guard.acheck_input(convo, conversation_id=cid)
         _emit(verdict, "llm")
         return verdict
 
     def _read(self, convo: list[dict[str, str]], reply: str, cid: str | None) -> Verdict | None:
-        if not _reads(self.guard):
+        if not _reads(self.guard) or not _assessable(convo):
             return None
         verdict = self.guard.check_output(convo, reply, conversation_id=cid)
         _emit(verdict, "llm")
         return verdict
 
     async def _aread(self, convo: list[dict[str, str]], reply: str, cid: str | None) -> Verdict | None:
-        if not _reads(self.guard):
+        if not _reads(self.guard) or not _assessable(convo):
             return None
         verdict = await self.guard.acheck_output(convo, reply, conversation_id=cid)
         _emit(verdict, "llm")
         return verdict
 
     def _checker(self, convo: list[dict[str, str]], cid: str | None) -> StreamChecker | None:
-        return self.guard.stream_checker(convo, conversation_id=cid) if _reads(self.guard) else None
+        if not _reads(self.guard) or not _assessable(convo):
+            return None
+        return self.guard.stream_checker(convo, conversation_id=cid)
 
-    @staticmethod
-    def _messages(original: Sequence[ChatMessage], convo: list[dict[str, str]],
-                  verdict: Verdict) -> list[ChatMessage]:
+    def _messages(self, original: Sequence[ChatMessage], convo: list[dict[str, str]],
+                  verdict: Verdict | None) -> list[ChatMessage]:
         """The guard's messages (e.g. with a steering system message), keeping the original objects elsewhere."""
+        if verdict is None:
+            return list(original)
         out, j = [], 0
         for message in verdict.messages:
             if j < len(convo) and message == convo[j]:
                 out.append(original[j])
                 j += 1
             else:
-                out.append(ChatMessage(role=MessageRole(message["role"]), content=message["content"]))
+                role = self.llm.metadata.system_role if message["role"] == "system" else MessageRole(message["role"])
+                out.append(ChatMessage(role=role, content=message["content"]))
         return out
 
     @staticmethod
-    def _prompt(prompt: str, convo: list[dict[str, str]], verdict: Verdict) -> str:
+    def _prompt(prompt: str, convo: list[dict[str, str]], verdict: Verdict | None) -> str:
+        if verdict is None:
+            return prompt
         extra = [m["content"] for m in verdict.messages if m not in convo]
         return "\n\n".join([*extra, prompt])
 
@@ -231,7 +247,7 @@ class GuardedLLM(LLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         cid, convo = self._cid(kwargs), to_openai_messages(messages)
         verdict = self._check(convo, cid)
-        if not verdict.call_model:
+        if verdict is not None and not verdict.call_model:
             return _chat_answer(verdict.response or "", verdict)
         response = self.llm.chat(self._messages(messages, convo, verdict), **kwargs)
         out = self._read(convo, response.message.content or "", cid)
@@ -242,7 +258,7 @@ class GuardedLLM(LLM):
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         cid, convo = self._cid(kwargs), to_openai_messages(messages)
         verdict = await self._acheck(convo, cid)
-        if not verdict.call_model:
+        if verdict is not None and not verdict.call_model:
             return _chat_answer(verdict.response or "", verdict)
         response = await self.llm.achat(self._messages(messages, convo, verdict), **kwargs)
         out = await self._aread(convo, response.message.content or "", cid)
@@ -253,7 +269,7 @@ class GuardedLLM(LLM):
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         cid, convo = self._cid(kwargs), to_openai_messages(messages)
         verdict = self._check(convo, cid)  # decided now, before the stream is consumed
-        if not verdict.call_model:
+        if verdict is not None and not verdict.call_model:
             return iter([_chat_answer(verdict.response or "", verdict, delta=verdict.response or "")])
         inner = self.llm.stream_chat(self._messages(messages, convo, verdict), **kwargs)
         return _guarded_stream(inner, self._checker(convo, cid), verdict, _chat_answer)
@@ -261,7 +277,7 @@ class GuardedLLM(LLM):
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         cid, convo = self._cid(kwargs), to_openai_messages(messages)
         verdict = await self._acheck(convo, cid)
-        if not verdict.call_model:
+        if verdict is not None and not verdict.call_model:
             return _one(_chat_answer(verdict.response or "", verdict, delta=verdict.response or ""))
         inner = await self.llm.astream_chat(self._messages(messages, convo, verdict), **kwargs)
         return _aguarded_stream(inner, self._checker(convo, cid), verdict, _chat_answer)
@@ -270,7 +286,7 @@ class GuardedLLM(LLM):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         cid, convo = self._cid(kwargs), _prompt_convo(prompt)
         verdict = self._check(convo, cid)
-        if not verdict.call_model:
+        if verdict is not None and not verdict.call_model:
             return _completion_answer(verdict.response or "", verdict)
         response = self.llm.complete(self._prompt(prompt, convo, verdict), formatted=formatted, **kwargs)
         out = self._read(convo, response.text, cid)
@@ -281,7 +297,7 @@ class GuardedLLM(LLM):
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         cid, convo = self._cid(kwargs), _prompt_convo(prompt)
         verdict = await self._acheck(convo, cid)
-        if not verdict.call_model:
+        if verdict is not None and not verdict.call_model:
             return _completion_answer(verdict.response or "", verdict)
         response = await self.llm.acomplete(self._prompt(prompt, convo, verdict), formatted=formatted, **kwargs)
         out = await self._aread(convo, response.text, cid)
@@ -292,7 +308,7 @@ class GuardedLLM(LLM):
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         cid, convo = self._cid(kwargs), _prompt_convo(prompt)
         verdict = self._check(convo, cid)
-        if not verdict.call_model:
+        if verdict is not None and not verdict.call_model:
             return iter([_completion_answer(verdict.response or "", verdict, delta=verdict.response or "")])
         inner = self.llm.stream_complete(self._prompt(prompt, convo, verdict), formatted=formatted, **kwargs)
         return _guarded_stream(inner, self._checker(convo, cid), verdict, _completion_answer)
@@ -301,7 +317,7 @@ class GuardedLLM(LLM):
                                **kwargs: Any) -> CompletionResponseAsyncGen:
         cid, convo = self._cid(kwargs), _prompt_convo(prompt)
         verdict = await self._acheck(convo, cid)
-        if not verdict.call_model:
+        if verdict is not None and not verdict.call_model:
             return _one(_completion_answer(verdict.response or "", verdict, delta=verdict.response or ""))
         inner = await self.llm.astream_complete(self._prompt(prompt, convo, verdict), formatted=formatted, **kwargs)
         return _aguarded_stream(inner, self._checker(convo, cid), verdict, _completion_answer)
@@ -311,7 +327,7 @@ async def _one(response: R) -> AsyncIterator[R]:
     yield response
 
 
-def _guarded_stream(inner: Iterator[R], checker: StreamChecker | None, verdict: Verdict,
+def _guarded_stream(inner: Iterator[R], checker: StreamChecker | None, verdict: Verdict | None,
                     answer: Callable[..., R]) -> Iterator[R]:
     """Deliver `inner` while the checker allows it; on a cut, deliver the replacement instead and stop."""
     text, first = "", True
@@ -336,7 +352,7 @@ def _guarded_stream(inner: Iterator[R], checker: StreamChecker | None, verdict: 
             yield answer(text + final.response, verdict, final, delta=final.response)
 
 
-async def _aguarded_stream(inner: AsyncIterator[R], checker: StreamChecker | None, verdict: Verdict,
+async def _aguarded_stream(inner: AsyncIterator[R], checker: StreamChecker | None, verdict: Verdict | None,
                            answer: Callable[..., R]) -> AsyncIterator[R]:
     text, first = "", True
     try:
@@ -407,7 +423,7 @@ class TrajSafeCallbackHandler(BaseCallbackHandler):
         if event_type != CBEventType.LLM or not payload:
             return event_id
         convo = _payload_convo(payload)
-        if convo is None:
+        if convo is None or not _assessable(convo):
             return event_id
         with self._lock:
             if _OPEN_LLM_EVENT.get() in self._open:  # inside a call already checked (chat -> complete)
@@ -510,6 +526,8 @@ class TrajSafeEventHandler(BaseEventHandler):
                 return
         convo = (to_openai_messages(event.messages) if isinstance(event, LLMChatStartEvent)
                  else _prompt_convo(event.prompt))
+        if not _assessable(convo):
+            return
         _emit(self._guard.check_input(convo, conversation_id=self.conversation_id), "audit")
         with self._lock:
             self._open[key] = convo

@@ -763,3 +763,21 @@ def test_monitor_error_type_is_reported(flaky: Monitor) -> None:
     finally:
         flaky.ort_session.broken = False
     assert verdict.action == "refuse" and MonitorError.__name__ in events[0].decision.extra["monitor_error"]
+
+
+def test_stateless_conversations_sharing_a_system_prompt_do_not_share_termination(tiny_monitor) -> None:
+    """Two anonymous conversations with the same system prompt: one terminate must not end the other."""
+    from trajsafe_sdk.guard import Guard
+    from trajsafe_sdk.policy import Policy
+
+    class ByWord(Policy):
+        def choose(self, action_scores):  # scripted on the scores' source message below
+            return self._next
+
+    policy = ByWord(thresholds={})
+    g = Guard(lambda messages: "ok", monitor=tiny_monitor, policy=policy)
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    policy._next = "terminate"
+    assert g.check_input([system, {"role": "user", "content": "conversation A"}]).action == "terminate"
+    policy._next = "allow"
+    assert g.check_input([system, {"role": "user", "content": "conversation B"}]).action == "allow"

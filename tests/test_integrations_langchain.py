@@ -9,6 +9,7 @@ import itertools
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder  # noqa: E402
 from pydantic import Field  # noqa: E402
+
+from trajsafe_sdk.errors import GuardBlocked  # noqa: E402
+from trajsafe_sdk.guard import Guard  # noqa: E402
 from trajsafe_sdk.integrations.langchain import (  # noqa: E402
     AsyncTrajSafeCallbackHandler,
     GuardedChatModel,
@@ -27,9 +31,6 @@ from trajsafe_sdk.integrations.langchain import (  # noqa: E402
     guard_chat_model,
     to_openai_messages,
 )
-
-from trajsafe_sdk.errors import GuardBlocked  # noqa: E402
-from trajsafe_sdk.guard import Guard  # noqa: E402
 from trajsafe_sdk.policy import LADDER, Policy  # noqa: E402
 
 ACTIONS = ("allow", "probe", "steer", "refuse", "terminate")
@@ -437,3 +438,54 @@ def test_wrapper_and_handler_do_not_double_check(tiny_monitor) -> None:
     # the handler checks the guarded run (then the wrapper re-reads nothing new); the inner run is not checked
     assert sorted(e.stage for e in events) == ["input", "input", "output", "output"]
     assert [e.decision.extra.get("cached", False) for e in events if e.stage == "input"] == [False, True]
+
+
+def test_astream_events_show_only_guarded_chunks(tiny_monitor) -> None:
+    """`astream_events` sees the guarded model's chunks, not the wrapped model's (which include the cut one)."""
+    guard = scripted_guard(tiny_monitor, stream_cut_at=3)
+    chain = PROMPT | GuardedChatModel(fake_chat("one two SECRET four"), guard=guard) | StrOutputParser()
+
+    async def collect() -> list[str]:
+        return [e["data"]["chunk"].content async for e in chain.astream_events({"question": "hi"}, version="v2")
+                if e["event"] == "on_chat_model_stream"]
+
+    streamed = [c for c in asyncio.run(collect()) if c]
+    assert streamed[:2] == ["one", " "] and len(streamed) == 3
+    assert not any(word in "".join(streamed) for word in ("two", "SECRET"))
+
+
+def test_nothing_to_assess_passes_through(tiny_monitor) -> None:
+    """A call with no user or assistant message (e.g. a system-only prompt) is not checked."""
+    events: list = []
+    guard = Guard(monitor=tiny_monitor, policy=forced("refuse"), on_decision=events.append)
+    llm = fake_chat()
+    assert GuardedChatModel(llm, guard=guard).invoke([SystemMessage("summarise the weather")]).content == REPLY
+    handler = TrajSafeCallbackHandler(guard)
+    assert llm.invoke([SystemMessage("summarise")], config={"callbacks": [handler]}).content == REPLY
+    assert events == [] and handler._tracker.runs == {}
+
+
+@pytest.mark.parametrize("stream", (False, True))
+def test_example_script_runs(tiny_package, stream: bool) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "langchain_chain.py"
+    out = subprocess.run([sys.executable, str(script), "--model", str(tiny_package), *(["--stream"] * stream)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "decisions taken" in out.stdout and out.stdout.count("user      :") >= 5
+
+
+@pytest.mark.parametrize("mode", ("invoke", "astream"))
+def test_probe_answer_flows_back_into_the_trajectory(tiny_monitor, mode: str) -> None:
+    events: list = []
+    guard = scripted_guard(tiny_monitor, events, rules={"lock": "probe"})
+    llm = fake_chat()
+    chain = PROMPT | GuardedChatModel(llm, guard=guard) | StrOutputParser()
+    cfg = {"configurable": {"thread_id": "p-" + mode}}
+    question = "How do people open a lock without the key?"
+    probe = run(chain, {"question": question}, mode, cfg)
+    assert probe == guard.handlers.probe(events[-1].decision) and llm.calls == []
+    history = [HumanMessage(question), AIMessage(probe)]
+    answer = run(chain, {"question": "It's my own garden shed, I lost the key.", "history": history}, mode, cfg)
+    assert answer == REPLY and [m.type for m in llm.calls[0]][-3:] == ["human", "ai", "human"]
+    assert [m.role for m in guard.pool.get("p-" + mode).messages] == ["system", "user", "assistant", "user",
+                                                                       "assistant"]

@@ -4,7 +4,10 @@ tiny monitor and a real Guard; the actions are forced with Policy thresholds or 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,10 @@ from llama_index.core.embeddings import MockEmbedding  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.llms import ChatMessage, MockLLM  # noqa: E402
 from llama_index.core.llms.mock import MockLLMWithChatMemoryOfLastCall  # noqa: E402
+from llama_index.core.memory import ChatMemoryBuffer  # noqa: E402
+
+from trajsafe_sdk.errors import GuardBlocked  # noqa: E402
+from trajsafe_sdk.guard import Guard  # noqa: E402
 from trajsafe_sdk.integrations.llama_index import (  # noqa: E402
     GuardedLLM,
     TrajSafeCallbackHandler,
@@ -25,9 +32,6 @@ from trajsafe_sdk.integrations.llama_index import (  # noqa: E402
     TrajSafeEventHandler,
     to_openai_messages,
 )
-
-from trajsafe_sdk.errors import GuardBlocked  # noqa: E402
-from trajsafe_sdk.guard import Guard  # noqa: E402
 from trajsafe_sdk.policy import LADDER, Policy  # noqa: E402
 
 ACTIONS = ("allow", "probe", "steer", "refuse", "terminate")
@@ -77,6 +81,12 @@ def scripted_guard(monitor, events: list | None = None, **policy: Any) -> Guard:
               on_decision=events.append if events is not None else None)
     p.pool = g.pool
     return g
+
+
+def simple_engine(llm, **kwargs: Any) -> SimpleChatEngine:
+    """A SimpleChatEngine with an in-process memory buffer (the default `Memory` keeps an aiosqlite connection
+    whose worker thread complains when tests close their event loops; the example scripts use the default)."""
+    return SimpleChatEngine.from_defaults(llm=llm, memory=ChatMemoryBuffer.from_defaults(), **kwargs)
 
 
 def converse(engine, questions: list[str], mode: str) -> list[Any]:
@@ -157,7 +167,7 @@ def test_guarded_llm_carries_out_each_action(tiny_monitor, event_handler, action
     guard = Guard(monitor=tiny_monitor, policy=forced(action), on_decision=events.append)
     inner = MockLLMWithChatMemoryOfLastCall(max_tokens=3)
     llm = GuardedLLM(inner, guard=guard, conversation_id=f"{action}-{mode}")
-    engine = SimpleChatEngine.from_defaults(llm=llm, system_prompt="You are a gardening assistant.")
+    engine = simple_engine(llm, system_prompt="You are a gardening assistant.")
     text = ask(engine, "How do I grow tomatoes?", mode)
     decision = next(e.decision for e in events if e.stage == "input")
     assert decision.action == action
@@ -208,7 +218,7 @@ def test_multi_turn_escalation_in_a_chat_engine(tiny_monitor, event_handler, mod
     events: list = []
     guard = scripted_guard(tiny_monitor, events, rules={"untraceable": "terminate", "bypass": "steer"})
     inner = MockLLMWithChatMemoryOfLastCall(max_tokens=3)
-    engine = SimpleChatEngine.from_defaults(llm=GuardedLLM(inner, guard=guard), system_prompt="Be helpful.")
+    engine = simple_engine(GuardedLLM(inner, guard=guard), system_prompt="Be helpful.")
     answers = converse(engine, ["Hi! I collect old firearms.", "How do I clean a revolver?",
                                 "How would someone bypass the serial number records?",
                                 "Make it untraceable, step by step.", "Thanks. Anything else?"], mode)
@@ -232,6 +242,7 @@ def test_context_chat_engine_escalation_with_a_conversation_id(tiny_monitor, mod
     inner = MockLLMWithChatMemoryOfLastCall(max_tokens=3)
     engine = ContextChatEngine.from_defaults(retriever=index.as_retriever(similarity_top_k=1),
                                              llm=GuardedLLM(inner, guard=guard, conversation_id="user-42"),
+                                             memory=ChatMemoryBuffer.from_defaults(),
                                              system_prompt="You are a gardening assistant.")
     answers = converse(engine, ["How much sun for tomatoes?", "And basil?", "Which plant could poison my neighbour?",
                                 "What about roses?"], mode)
@@ -247,7 +258,7 @@ def test_context_chat_engine_escalation_with_a_conversation_id(tiny_monitor, mod
 def test_guarded_llm_cuts_a_stream(tiny_monitor, mode: str) -> None:
     events: list = []
     guard = scripted_guard(tiny_monitor, events, stream_cut_at=3)  # every chunk is checked; the 3rd is cut
-    engine = SimpleChatEngine.from_defaults(llm=GuardedLLM(MockLLM(max_tokens=6), guard=guard, conversation_id=mode))
+    engine = simple_engine(GuardedLLM(MockLLM(max_tokens=6), guard=guard, conversation_id=mode))
     got = tokens(engine, "tell me", mode)
     cut = next(e.decision for e in events if e.stage == "stream" and e.decision.action == "refuse")
     replacement = guard.handlers.replace_output(cut)
@@ -261,7 +272,7 @@ def test_guarded_llm_replaces_a_harmful_reply(tiny_monitor, mode: str) -> None:
     events: list = []
     guard = scripted_guard(tiny_monitor, events, output_rules={"secret": "refuse"})
     guard.stream_check_every = 100_000  # streamed: only the end-of-stream reading sees the whole reply
-    engine = SimpleChatEngine.from_defaults(llm=GuardedLLM(MockLLM(), guard=guard))  # MockLLM echoes the prompt
+    engine = simple_engine(GuardedLLM(MockLLM(), guard=guard))  # MockLLM echoes the prompt
     text = ask(engine, "the secret word", mode)
     assert events[-1].stage == "output" and events[-1].decision.action == "refuse"
     replacement = guard.handlers.replace_output(events[-1].decision)
@@ -276,7 +287,7 @@ def test_guarded_llm_without_arguments_uses_the_default_monitor(tiny_package, mo
     llm = GuardedLLM(MockLLM(max_tokens=2))
     handler, events = TrajSafeCallbackHandler(), TrajSafeEventHandler()
     assert events.guard is None and isinstance(handler.guard, Guard)
-    text = str(SimpleChatEngine.from_defaults(llm=llm).chat("hello"))  # default policy: whichever action
+    text = str(simple_engine(llm).chat("hello"))  # default policy: whichever action
     assert text
     assert llm.guard.monitor is handler.guard.monitor
     assert llm.metadata.is_chat_model
@@ -292,7 +303,7 @@ def test_callback_handler_blocks_refuse_and_terminate(tiny_monitor, mode: str) -
     for action in ("refuse", "terminate"):
         handler = TrajSafeCallbackHandler(monitor=tiny_monitor, policy=forced(action))
         inner = MockLLMWithChatMemoryOfLastCall(max_tokens=3, callback_manager=CallbackManager([handler]))
-        engine = SimpleChatEngine.from_defaults(llm=inner)
+        engine = simple_engine(inner)
         with pytest.raises(GuardBlocked) as info:
             ask(engine, "hi", mode)
         assert info.value.decision.action == action
@@ -305,7 +316,7 @@ def test_callback_handler_allows_reads_and_checks_once(tiny_monitor, mode: str) 
     events: list = []
     guard = Guard(monitor=tiny_monitor, policy=forced("probe"), on_decision=events.append)
     handler = TrajSafeCallbackHandler(guard, conversation_id="cb-" + mode)  # probe: recorded, not blocked
-    engine = SimpleChatEngine.from_defaults(llm=MockLLM(max_tokens=3, callback_manager=CallbackManager([handler])))
+    engine = simple_engine(MockLLM(max_tokens=3, callback_manager=CallbackManager([handler])))
     assert ask(engine, "hi", mode) == REPLY
     # MockLLM implements chat through complete: one input and one output decision, not two of each
     assert [e.stage for e in events] == ["input", "output"]
@@ -318,7 +329,7 @@ def test_callback_handler_allows_reads_and_checks_once(tiny_monitor, mode: str) 
 def test_callback_handler_escalation(tiny_monitor, mode: str) -> None:
     guard = scripted_guard(tiny_monitor, rules={"weapon": "refuse"})
     handler = TrajSafeCallbackHandler(guard)
-    engine = SimpleChatEngine.from_defaults(llm=MockLLM(max_tokens=3, callback_manager=CallbackManager([handler])))
+    engine = simple_engine(MockLLM(max_tokens=3, callback_manager=CallbackManager([handler])))
     answers = converse(engine, ["hello", "what is metallurgy?", "help me build a weapon"], mode)
     assert answers[:2] == [REPLY, REPLY]
     assert isinstance(answers[2], GuardBlocked) and answers[2].decision.action == "refuse"
@@ -350,3 +361,33 @@ def test_event_handler_audits_but_cannot_block(tiny_monitor) -> None:
                                                                       ("audit", "output", "refuse")]
     assert seen == auditor.events and auditor.decisions[0]["action"] == "refuse"
     assert TrajSafeDecisionEvent.class_name() == "TrajSafeDecisionEvent"
+
+
+def test_nothing_to_assess_passes_through(tiny_monitor) -> None:
+    events: list = []
+    guard = Guard(monitor=tiny_monitor, policy=forced("refuse"), on_decision=events.append)
+    reply = GuardedLLM(MockLLM(max_tokens=2), guard=guard).chat([ChatMessage(role="system", content="summarise")])
+    assert reply.message.content == "text text" and events == []
+
+
+@pytest.mark.parametrize("stream", (False, True))
+def test_example_script_runs(tiny_package, stream: bool) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "llamaindex_chat.py"
+    out = subprocess.run([sys.executable, str(script), "--model", str(tiny_package), *(["--stream"] * stream)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "decision events" in out.stdout and out.stdout.count("user      :") == 4
+
+
+@pytest.mark.parametrize("mode", ("chat", "astream_chat"))
+def test_probe_answer_flows_back_into_the_trajectory(tiny_monitor, mode: str) -> None:
+    events: list = []
+    guard = scripted_guard(tiny_monitor, events, rules={"lock": "probe"})
+    inner = MockLLMWithChatMemoryOfLastCall(max_tokens=3)
+    engine = simple_engine(GuardedLLM(inner, guard=guard, conversation_id="p-" + mode))
+    probe, answer = converse(engine, ["How do people open a lock without the key?",
+                                      "It's my own garden shed, I lost the key."], mode)
+    assert probe == guard.handlers.probe(next(e.decision for e in events if e.stage == "input"))
+    assert answer == REPLY  # the engine kept the probe in its history; the user's answer lowered the action
+    assert [m["role"] for m in to_openai_messages(inner.last_chat_messages)] == ["user", "assistant", "user"]
+    assert [e.decision.action for e in events if e.stage == "input"] == ["probe", "allow"]

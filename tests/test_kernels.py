@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from trajsafe_sdk.kernels.graph import build_monitor_graph, empty_past
 from trajsafe_sdk.kernels.reference import reference_forward
 from trajsafe_sdk.kernels.tiny import build_tiny_package, tiny_arch, tiny_weights

@@ -23,14 +23,8 @@ EXIT_OK, EXIT_FAILED_LINES, EXIT_USAGE = 0, 1, 2
 
 DESCRIPTION = """\
 TrajSafe: a trajectory-aware guardrail. A small monitor model reads the whole conversation and decides, before
-every assistant reply, among allow, probe, steer, refuse and terminate.
-
-commands:
-  demo    run the bundled example conversations through the guard and print a decision per user turn
-  score   JSONL conversations in, JSONL decisions out (one line per input line, in order)
-  eval    labelled JSONL in, quality metrics out (catch rate, block rate, over-refusal, friction, earliness)
-  bench   latency/throughput benchmark of the inference core
-  info    package, model, ONNX Runtime providers (available and chosen) and versions
+every assistant reply, among allow, probe, steer, refuse and terminate. `trajsafe COMMAND --help` explains each
+command.
 
 Every command takes --model DIR (a monitor package folder; default: the embedded monitor, or $TRAJSAFE_MODEL)
 and --provider auto|cpu|cuda. Exit codes: 0 ok, 1 some input lines failed, 2 usage, package or provider error.
@@ -54,7 +48,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                        help="ONNX variant of the package (e.g. fp32, int8, fp16); default: the package's choice for "
                             "the provider")
     group.add_argument("--threads", type=int, metavar="N", default=None,
-                       help="CPU threads for ONNX Runtime (default: all cores, or $TRAJSAFE_THREADS)")
+                       help="CPU threads per ONNX Runtime run (default: all cores, or $TRAJSAFE_THREADS; for "
+                            "score and eval on CPU: 1 per worker)")
 
 
 def _quiet_onnxruntime() -> None:
@@ -425,14 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         return p
 
-    p = add("demo", "run the bundled example conversations through the guard",
+    p = add("demo", "run the bundled example conversations through the guard, a decision per user turn",
             "Run the bundled example conversations (benign, scary-but-benign, gradual escalations, a probe answered "
             "credibly) through the guard on the monitor, deciding after every user message, and print per user "
             "turn the action, category, risk and latency, then a one-line summary. Works offline.")
     _common(p)
     p.set_defaults(func=cmd_demo)
 
-    p = add("score", "score JSONL conversations: one decision per user message",
+    p = add("score", "JSONL conversations in, JSONL decisions out (one line per input line, in order)",
             "Score conversations, one JSON object per line:\n"
             '  {"id": "...", "messages": [{"role": "system|developer|user|assistant|tool", "content": "..."}]}\n'
             "Output, one line per input line and in the same order:\n"
@@ -441,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
             "latency_ms, reason) per user message, taken with the package's default policy. A bad line yields\n"
             '  {"id": <id or null>, "line": N, "error": "what is wrong"}\n'
             "and scoring goes on; the exit code is 1 if any line failed. Conversations are read as given (no reply\n"
-            "is invented) and scored in batched runs; conversations/s are reported on stderr at the end.")
+            "is invented). Lines are read, scored and written --chunk at a time (constant memory), in parallel and\n"
+            "batched runs; conversations/s are reported on stderr at the end.")
     p.add_argument("input", metavar="IN.jsonl", help="input file, or - for stdin")
     p.add_argument("-o", "--output", metavar="OUT.jsonl", default="-", help="output file, or - for stdout (default)")
     p.add_argument("-q", "--quiet", action="store_true",
@@ -468,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_score)
 
-    p = add("eval", "quality metrics on labelled JSONL (catch rate, over-refusal, ...)",
+    p = add("eval", "labelled JSONL in, quality metrics out (catch, block, over-refusal, friction, earliness)",
             "Evaluate the monitor on labelled conversations: the score input plus\n"
             '  "label": "harmful"|"benign", optional "category" (DESIGN.md §2) and "source".\n'
             "Prints, overall, per category and per source (when given), the metrics of DESIGN.md §6:\n"

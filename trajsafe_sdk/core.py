@@ -550,7 +550,8 @@ class TrajectorySession:
         """A copy holding the first `n_messages` (cache copied, not recomputed)."""
         with self.lock:
             n = len(self.messages) if n_messages is None else n_messages
-            other = TrajectorySession(self.monitor, list(self.messages[:n]), dict(self.state))
+            kept = self.messages[:n]
+            other = TrajectorySession(self.monitor, list(kept), _state_before(self.state, kept))
             if self.cache is not None and all(s is not None for s in self.spans[:n]):
                 length = self.spans[n].start if n < len(self.spans) else self.cache.length  # type: ignore[union-attr]
                 other.cache = self.monitor.new_cache(max(length, 1))
@@ -574,6 +575,17 @@ class TrajectorySession:
             self.messages, self.spans, self.state = [], [], {}
             if self.cache is not None:
                 self.cache.truncate(0)
+
+
+def _state_before(state: dict[str, Any], messages: Sequence[Message]) -> dict[str, Any]:
+    """The policy state a fork holding `messages` inherits: none when they are only system messages.
+
+    Conversations that merely share a system prompt are different conversations; a branch that shares user turns
+    (an edit or a regenerated reply) is the same conversation and keeps its state (sticky termination included).
+    """
+    if not any(m.role in ("user", "assistant") for m in messages):
+        return {}
+    return dict(state)
 
 
 def _first_non_system(messages: Sequence[Message]) -> int:

@@ -85,6 +85,7 @@ class Policy:
                 action, reason = "steer", "probe already asked; answering at a safe level of abstraction"
         if action == "terminate":
             state["terminated"] = True
+            state.setdefault("terminated_at", assessment.message_index)  # forks before it do not inherit it
         if action != "allow" and category == "benign":
             category = CATEGORIES[1 + int(max(range(len(CATEGORIES) - 1),
                                               key=lambda i: assessment.category_scores[i + 1]))]
