@@ -127,14 +127,30 @@ def test_batch_shards_match_local_score(ray_session, shards: Path, local, tiny_p
     for source in sorted(shards.glob("*.jsonl")):
         code, expected = local[source.stem]
         assert code == (1 if source.name == "part-000.jsonl" else 0)
-        parts = sorted(out.glob(f"{source.stem}.*.jsonl"))
-        assert len(parts) >= 2  # several blocks per file: order comes from the shard names
+        parts = sorted(out.glob(f"{source.stem}.*.jsonl"))  # in line order (see the test below)
         got = [json.loads(line) for p in parts for line in p.read_text().splitlines()]
         assert len(got) == len(expected) == len(source.read_bytes().splitlines())
         for g, w in zip(got, expected, strict=True):
             assert_same_record(g, w)
     errors = [r for r in ray_batch.read_shards(str(out)) if "error" in r]
     assert [(e["line"], e["id"]) for e in errors] == [(3, None), (7, "bad-role"), (12, None), (15, 5), (21, None)]
+
+
+def test_shards_are_runs_of_consecutive_lines_named_by_their_first_line(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    sink = ray_batch.ShardDatasink(str(tmp_path), ["a", "b"], ["a.jsonl", "b.jsonl"])
+    sink.on_write_start()
+    block = pa.table({"source": pa.array([1, 0, 0, 0, 1], pa.int32()), "line": pa.array([2, 1, 2, 4, 1], pa.int64()),
+                      "out": ['"b2"', '"a1"', '"a2"', '"a4"', '"b1"'], "failed": [False, True, False, False, False]})
+    later = pa.table({"source": pa.array([0], pa.int32()), "line": pa.array([3], pa.int64()), "out": ['"a3"'],
+                      "failed": [False]})
+    returns = [sink.write([block], None), sink.write([later], None)]  # two write tasks, out of order
+    sink.on_write_complete(ray_batch.WriteResult(6, 0, returns))
+    assert [Path(f).name for f in sink.result["files"]] == ["a.000000001.jsonl", "a.000000003.jsonl",
+                                                            "a.000000004.jsonl", "b.000000001.jsonl"]
+    assert ray_batch.read_shards(str(tmp_path)) == ["a1", "a2", "a3", "a4", "b1", "b2"]
+    assert (sink.result["lines"], sink.result["errors"]) == (6, 1)
 
 
 def test_single_file_output_and_cli_engine(ray_session, shards: Path, local, tiny_package: Path,

@@ -867,6 +867,55 @@ def pool_worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def profile_turn(monitor: Any, arch: dict[str, Any], turn: int, runs: int = 30, warmup: int = 5,
+                 top: int = 8) -> dict[str, Any]:
+    """ONNX Runtime's profiler on our cached session at turn `turn`: time per op type and the slowest nodes."""
+    import copy
+
+    import onnxruntime as ort
+
+    from .runtime import PROVIDER_NAMES, session_options
+
+    opts = session_options(monitor.ort_session.get_session_options().intra_op_num_threads or None)
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"trajsafe-profile-{os.getpid()}")
+    path = monitor.package.onnx_path(monitor.variant)
+    providers = [PROVIDER_NAMES[monitor.provider]] + (["CPUExecutionProvider"] if monitor.provider == "cuda" else [])
+    profiled = copy.copy(monitor)
+    profiled.ort_session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    prefix, new = turn_token_ids(arch, turn)
+    run, reset = OursCached(profiled, "p", "p").prepare(prefix, new)
+    for _ in range(warmup + runs):
+        run()
+        reset()
+    trace = Path(profiled.ort_session.end_profiling())
+    try:
+        events = json.loads(trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
+    model_runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                        key=lambda e: e["ts"])[-runs:]
+    start = model_runs[0]["ts"] if model_runs else 0
+    by_op: dict[str, float] = {}
+    by_node: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
+            op = e.get("args", {}).get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + e["dur"]
+            node = e["name"][: -len("_kernel_time")]
+            by_node[f"{node} ({op})"] = by_node.get(f"{node} ({op})", 0.0) + e["dur"]
+    total = sum(by_op.values()) or 1.0
+    n = max(1, len(model_runs))
+    return {
+        "variant": monitor.variant, "turn": turn, "past_tokens": len(prefix), "new_tokens": len(new), "runs": n,
+        "model_run_ms": float(np.median([e["dur"] for e in model_runs])) / 1000 if model_runs else None,
+        "kernel_ms": total / n / 1000,
+        "ops": [{"op": k, "ms": v / n / 1000, "share": v / total}
+                for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])],
+        "top_nodes": [{"node": k, "ms": v / n / 1000} for k, v in sorted(by_node.items(), key=lambda kv: -kv[1])[:top]],
+    }
+
+
 # ------------------------------------------------------------------------------------------------------ summary
 def _median(rows: list[dict[str, Any]], method: str, turn: int, new_tokens: int = TURN_TOKENS) -> float | None:
     for r in rows:
@@ -1056,6 +1105,13 @@ def render(result: dict[str, Any], markdown: bool = False) -> str:
         elif mem.get("pool_skipped"):
             lines.append(f"pool: skipped ({mem['pool_skipped']})")
         out.append("\n".join(("- " if markdown else "") + line for line in lines))
+    for prof in result.get("profile", []):
+        out.append(h(f"Profile: ours ({prof['variant']}) at turn {prof['turn']} (past {prof['past_tokens']}): "
+                     f"{_fmt(prof['kernel_ms'])} ms in kernels per run"))
+        ops = prof["ops"][:10]
+        out.append(_table(["op type", "ms per run", "share"],
+                          [[o["op"], _fmt(o["ms"], 3), f"{100 * o['share']:.1f}%"] for o in ops], markdown))
+        out.append("slowest nodes: " + ", ".join(f"{n['node']} {_fmt(n['ms'], 3)} ms" for n in prof["top_nodes"]))
     out.append(h("Targets (benchmark figures, not test asserts)"))
     table = [[t["target"], _fmt(t["value"]) + (f" {t['note']}" if t["note"] else ""), f"{t['op']} {t['goal']:g}",
               {True: "met", False: "MISSED", None: "n/a"}[t["met"]]] for t in result["targets"]]
@@ -1075,7 +1131,8 @@ def default_threads() -> int:
 
 
 def run(model: str | None = None, provider: str = "auto", quick: bool = False, threads: int | None = None,
-        peers: bool = True, pool: bool = True, quiet: bool = False, plan: Plan | None = None) -> dict[str, Any]:
+        peers: bool = True, pool: bool = True, quiet: bool = False, plan: Plan | None = None,
+        profile: bool = False) -> dict[str, Any]:
     """Run the benchmark; returns the results dict (see `render` for the tables)."""
     started = time.perf_counter()
     plan = plan or (Plan.quick() if quick else Plan())
@@ -1102,6 +1159,11 @@ def run(model: str | None = None, provider: str = "auto", quick: bool = False, t
         result["throughput"] = throughput_phase(models, plan, quiet)
         monitor = models.main_monitor()
         result["memory"] = {"kv": kv_memory(monitor)}
+        if profile:
+            _say("profiling our cached session (ONNX Runtime profiler)", quiet)
+            ref = 32 if 32 in plan.turns else max(plan.turns)
+            result["profile"] = [profile_turn(m, models.arch, t) for m in (models.ours or models.package).values()
+                                 for t in sorted({1, ref})]
         pool_package, pool_monitor = models.primary()
         if pool and pool_package is not None:
             result["memory"]["pool"] = pool_phase(pool_package, pool_monitor.variant, models.provider, threads, plan,
@@ -1135,6 +1197,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="intra-op threads for ONNX Runtime and torch (default: $TRAJSAFE_THREADS or all CPUs)")
     parser.add_argument("--no-peers", action="store_true", help="skip optimum and PyTorch")
     parser.add_argument("--no-pool", action="store_true", help="skip the 1,000-conversation pool memory test")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run ONNX Runtime's profiler on our session at turn 1 and 32 (time per op type)")
     parser.add_argument("-o", "--output", metavar="FILE", default=None, help="also write the JSON results to FILE")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return parser
@@ -1153,7 +1217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ort.set_default_logger_severity(3)  # the CUDA probe of --provider auto logs library errors otherwise
     try:
         result = run(args.model, args.provider, args.quick, args.threads, peers=not args.no_peers,
-                     pool=not args.no_pool, quiet=args.quiet)
+                     pool=not args.no_pool, quiet=args.quiet, profile=args.profile)
     except (BenchError, PackageError, TrajSafeError) as exc:
         print(f"trajsafe bench: error: {exc}", file=sys.stderr)
         return 2

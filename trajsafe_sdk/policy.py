@@ -72,7 +72,7 @@ class Policy:
         state = state if state is not None else {}
         action = self.ladder_action(assessment)
         category = assessment.category
-        reason = _reason(action, category, assessment.risk)
+        reason = ""
         last = state.get("last_decision")
         if self.sticky_terminate and state.get("terminated"):
             action, reason = "terminate", "conversation was terminated earlier; reset it to continue"
@@ -89,6 +89,7 @@ class Policy:
         if action != "allow" and category == "benign":
             category = CATEGORIES[1 + int(max(range(len(CATEGORIES) - 1),
                                               key=lambda i: assessment.category_scores[i + 1]))]
+        reason = reason or _reason(action, category, assessment.risk)
         if stage == "input":
             state["last_decision"] = {"action": action, "risk": assessment.risk,
                                       "message_index": assessment.message_index}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnxruntime as ort
@@ -50,20 +53,32 @@ def create_session(onnx_path: Path | str | bytes, provider: str, threads: int | 
     return session
 
 
+# A one-node ONNX model (Identity, float[1]) used to probe whether the CUDA provider really initialises.
+_PROBE_MODEL = base64.b64decode(
+    "CAg6OwoQCgF4EgF5IghJZGVudGl0eRIFcHJvYmVaDwoBeBIKCggIARIECgIIAWIPCgF5EgoKCAgBEgQKAggBQgQKABAR"
+)
+
+
+@contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """Keep onnxruntime's own CUDA-missing errors off stderr while probing (we report the reason ourselves)."""
+    if os.environ.get("TRAJSAFE_ORT_LOG"):
+        yield
+        return
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
 def cuda_usable() -> tuple[bool, str]:
     """Whether the CUDA provider really runs here, and why not."""
     if PROVIDER_NAMES["cuda"] not in available_providers():
         return False, "CUDAExecutionProvider is not in this onnxruntime build"
     try:
-        from onnx import TensorProto, helper
-
-        node = helper.make_node("Identity", ["x"], ["y"])
-        graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        create_session(model.SerializeToString(), "cuda")
-    except ImportError:
-        return True, "listed (onnx not installed to probe further)"
+        with _quiet_onnxruntime():
+            create_session(_PROBE_MODEL, "cuda")
     except ProviderError as exc:
         return False, str(exc)
     except Exception as exc:  # driver errors surface as generic onnxruntime exceptions
@@ -94,7 +109,8 @@ def open_session(onnx_path: Path | str, requested: str = "auto",
         return create_session(onnx_path, requested, threads), requested
     if PROVIDER_NAMES["cuda"] in available_providers():
         try:
-            return create_session(onnx_path, "cuda", threads), "cuda"
+            with _quiet_onnxruntime():
+                return create_session(onnx_path, "cuda", threads), "cuda"
         except ProviderError as exc:
             log.info("provider auto -> cpu: %s", exc)
         except Exception as exc:  # driver/library errors surface as generic onnxruntime exceptions

