@@ -289,3 +289,14 @@ def test_provider_errors(tiny_package: Path) -> None:
         with pytest.raises(ProviderError, match="cuda"):
             Monitor.load(tiny_package, provider="cuda")
         assert Monitor.load(tiny_package, provider="auto").provider == "cpu"
+
+
+def test_assess_many_with_nothing_new(tiny_monitor: Monitor) -> None:
+    """A resent (or shortened) history in a batch reads nothing and returns no assessments."""
+    pool = SessionPool(tiny_monitor)
+    conv = [Message("user", "hello"), Message("assistant", "hi"), Message("user", "why")]
+    pool.assess(conv, conversation_id="a")
+    pool.assess(conv, conversation_id="b")
+    got = pool.assess_many([(conv, "a"), (conv[:2], "b")])
+    assert got == [[], []]
+    assert pool.get("b").messages == conv[:2]

@@ -437,7 +437,8 @@ class TrajectorySession:
             offset += len(ids)
             if self.monitor.encoder.assesses(msg):
                 score_positions.append(offset - 1)
-        return np.concatenate(chunks), score_positions, starts
+        ids = np.concatenate(chunks) if chunks else np.empty(0, np.int64)  # nothing new: an empty plan
+        return ids, score_positions, starts
 
     def _plan_window(self, new: list[Message], encoded: list[np.ndarray]) -> tuple[np.ndarray, list[int], list[int]]:
         """Context overflow: restart the cache with system messages + the most recent window."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -398,12 +399,16 @@ def read_shards(output: str) -> list[dict[str, Any]]:
 def cli_score(args: Any) -> int:
     """`trajsafe score --engine ray`: the arguments of the local command plus ``--address``/``--workers``."""
     quiet = getattr(args, "quiet", False)
+    init_kwargs: dict[str, Any] = {"log_to_driver": not quiet, "include_dashboard": False}
+    if quiet:  # Ray's own INFO lines too
+        init_kwargs["logging_level"] = logging.ERROR
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         result = score_ray(args.input, args.output or "-", model=args.model, provider=args.provider,
                            variant=args.variant, threads=args.threads, workers=getattr(args, "workers", None),
                            batch_size=args.batch_size, chunk_lines=args.chunk, address=getattr(args, "address", None),
-                           progress=not quiet and sys.stderr.isatty(),
-                           init_kwargs={"log_to_driver": not quiet, "include_dashboard": False})
+                           progress=not quiet and sys.stderr.isatty(), init_kwargs=init_kwargs)
     except FileNotFoundError as exc:
         from ..cli import CliError
 

@@ -13,8 +13,9 @@ Two deployments: `TrajSafeIngress` (HTTP, parses and validates) forwards each re
 `DeploymentHandle` with ``session_id=conversation_id`` to `TrajSafeMonitor`, whose replicas are chosen by Ray
 Serve's consistent-hash request router: the same conversation reaches the same replica, where its KV cache waits in
 a `SessionPool`, so a new turn costs only its new tokens. When that replica is busy or gone, another one answers
-correctly: it rebuilds the session from the messages (one full read). Inside a replica, concurrent requests are
-scored together in batched ONNX runs (``@serve.batch``).
+correctly: it rebuilds the session from the messages (one full read). Inside a replica, ``@serve.batch`` gathers
+concurrent requests and scores them in one call (batched ONNX runs on CUDA; back-to-back single runs on CPU, where
+the local scorer measured them cheaper than padded batches).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -72,10 +74,12 @@ class MonitorReplica:
         self.max_assessments = max_assessments
         self.assessed: OrderedDict[str, Assessment] = OrderedDict()  # prefix digest -> assessment (user msgs)
         self.name = name
+        self.largest_batch = 0
 
     def score_many(self, requests: list[tuple[str | None, list[Message]]]) -> list[dict[str, Any]]:
         """Score several requests together (one batched run for their new messages)."""
         started = time.perf_counter()
+        self.largest_batch = max(self.largest_batch, len(requests))
         try:  # in runs of the local scorer's batch size (on CPU, single runs beat padded batches)
             fresh: list[list[Assessment]] = [[] for _ in requests]  # a repeated history has nothing new to read
             waiting = list(range(len(requests)))
@@ -188,7 +192,8 @@ class TrajSafeMonitor:
         """Sessions and memory of this replica's pool."""
         pool = self.replica.pool
         return {"replica": self.replica.name, "sessions": len(pool), "kv_bytes": pool.nbytes,
-                "evictions": pool.evictions, "assessments": len(self.replica.assessed)}
+                "evictions": pool.evictions, "assessments": len(self.replica.assessed),
+                "largest_batch": self.replica.largest_batch}
 
 
 @serve.deployment(name="TrajSafeIngress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -219,6 +224,8 @@ def build_app(model: str | None = None, *, provider: str = "cpu", variant: str |
               threads: int | None = 1, replicas: int = 1, num_cpus: float = 1.0, memory_budget_mb: float = 512,
               max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005, sticky: bool = True) -> Any:
     """The Serve application (ingress + monitor replicas); `sticky` routes by conversation id."""
+    if model is not None and Path(model).is_dir():
+        model = str(Path(model).resolve())  # replicas do not run in this directory
     options: dict[str, Any] = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": num_cpus}}
     if sticky:
         options["request_router_config"] = {"request_router_class": CONSISTENT_HASH_ROUTER,
