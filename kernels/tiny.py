@@ -111,7 +111,7 @@ def build_tiny_package(
             files[variant] = {"source": path, "dtype": "int8", "kv_dtype": "float32", "providers": ["cpu"]}
         elif variant == "fp16":
             onnx.save(build_monitor_graph(weights, arch, float_dtype="float16"), path)
-            files[variant] = {"source": path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cuda"]}
+            files[variant] = {"source": path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cpu"]}
         else:
             raise ValueError(f"unknown variant {variant!r}; expected fp32, int8 or fp16")
     if "fp32" not in variants:

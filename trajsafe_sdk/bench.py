@@ -116,18 +116,22 @@ def machine_info(provider: str, threads: int) -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     flags: list[str] = []
+    ident: list[str] = []
     with contextlib.suppress(OSError):
         text = Path("/proc/cpuinfo").read_text()
         for line in text.splitlines():
             if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
                 cpu = line.split(":", 1)[1].strip()
+            if line.startswith(("cpu family", "model\t")) and ":" in line:
+                ident.append(line.split(":", 1)[1].strip())
             if line.startswith("flags"):
                 have = set(line.split(":", 1)[1].split())
                 flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
                                      "amx_int8") if f in have]
                 break
     info: dict[str, Any] = {
-        "cpu": cpu, "cpu_flags": flags, "logical_cpus": os.cpu_count(), "threads": threads,
+        "cpu": cpu + (f" (family {ident[0]}, model {ident[1]})" if len(ident) >= 2 else ""), "cpu_flags": flags,
+        "logical_cpus": os.cpu_count(), "threads": threads,
         "provider": provider, "platform": platform.platform(), "python": platform.python_version(),
         "onnxruntime": ort.__version__, "numpy": np.__version__, "gpu": None,
     }

@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="folder for checkpoints and intermediate files")
     p.add_argument("--from-checkpoint", type=Path, default=None,
                    help="skip training: export/evaluate WORK/checkpoint of an earlier build")
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="weight of the all-MiniLM-L6-v2 distillation loss (0: off, the shipped recipe)")
     p.add_argument("--target-friction", type=float, default=None, help="policy fit: friction target (validation)")
     p.add_argument("--target-over-refusal", type=float, default=None, help="policy fit: over-refusal target")
     args = p.parse_args(argv)
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                                  ("target_over_refusal", args.target_over_refusal)) if v is not None}
     build(args.data_dir, args.out, seed=args.seed, max_minutes=args.max_minutes, smoke=args.smoke,
           max_steps=args.max_steps, work=args.work, from_checkpoint=args.from_checkpoint, policy_targets=targets,
+          distill_weight=args.distill_weight,
           command=" ".join(["python -m trajsafe_sdk.training.build_default", *map(shlex.quote, argv or sys.argv[1:])]))
     return 0
 
@@ -242,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0, smoke: bool = False,
           max_steps: int | None = None, work: Path | None = None, command: str = "",
           from_checkpoint: Path | None = None, policy_targets: dict[str, float] | None = None,
+          distill_weight: float = 0.0,
           log: Any = None) -> dict[str, Any]:
     """Corpus -> train -> export -> evaluate -> package. Returns a summary dict."""
     import torch
@@ -285,9 +289,10 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 30.0
         train = [train[i] for i in sorted(rng.permutation(len(train))[:600])]
         dev = [dev[i] for i in sorted(rng.permutation(len(dev))[:150])]
         cfg = TrainConfig(size="smoke", vocab_size=1024, seed=seed, max_minutes=min(max_minutes, 0.75),
-                          max_steps=max_steps or 40, max_len=256, tokens_per_batch=4096, log_every=10)
+                          max_steps=max_steps or 40, max_len=256, tokens_per_batch=4096, log_every=10,
+                          distill_weight=0.5)  # the smoke run exercises the optional distillation path too
     else:
-        cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_steps=max_steps)
+        cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_steps=max_steps, distill_weight=distill_weight)
     cfg = replace(cfg, **(policy_targets or {}), extra={"command": command})
     train_command, exported_by = command, None
     if from_checkpoint is None:

@@ -69,7 +69,7 @@ class TrainConfig:
     val_frac: float = 0.08
     target_friction: float = 0.04
     target_over_refusal: float = 0.015
-    distill_weight: float = 0.5  # all-MiniLM-L6-v2 embedding of each user message, regressed from <|end|>; 0: off
+    distill_weight: float = 0.0  # all-MiniLM-L6-v2 embedding of each user message, regressed from <|end|>; 0: off
     distill_max_tokens: int = 48
     threads: int = 2
     log_every: int = 20
