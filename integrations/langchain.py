@@ -49,7 +49,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import ConfigDict, Field
 
 from trajsafe_sdk.errors import GuardBlocked
-from trajsafe_sdk.guard import Guard, StreamChecker, Verdict
+from trajsafe_sdk.guard import Guard, StreamChecker, Verdict, make_guard
 
 __all__ = [
     "CONVERSATION_KEYS",
@@ -68,15 +68,6 @@ _ROLES = {"system": "system", "developer": "system", "human": "user", "user": "u
 
 
 # -- shared helpers ------------------------------------------------------------------------------------------------
-def _make_guard(guard: Guard | None, monitor: Any, policy: Any) -> Guard:
-    """The guard to use: the one given, else a new one (embedded default monitor and policy when None)."""
-    if guard is not None:
-        if monitor is not None or policy is not None:
-            raise ValueError("pass either guard=... or monitor=/policy=..., not both (the guard has its own)")
-        return guard
-    return Guard(monitor=monitor, policy=policy)
-
-
 def _message_text(message: BaseMessage) -> str:
     text = message.text if isinstance(message.text, str) else str(message.text)
     calls = getattr(message, "tool_calls", None) or []
@@ -171,7 +162,7 @@ class GuardedChatModel(BaseChatModel):
             model = kwargs.pop("model", None)
         if model is None:
             raise ValueError("GuardedChatModel needs the chat model to wrap: GuardedChatModel(llm)")
-        super().__init__(model=model, guard=_make_guard(guard, monitor, policy), **kwargs)
+        super().__init__(model=model, guard=make_guard(guard, monitor, policy), **kwargs)
 
     @property
     def _llm_type(self) -> str:
@@ -502,7 +493,7 @@ class TrajSafeCallbackHandler(BaseCallbackHandler):
     def __init__(self, guard: Guard | None = None, *, monitor: Any = None, policy: Any = None,
                  block_on: Iterable[str] = ("refuse", "terminate"), conversation_id: str | None = None,
                  conversation_keys: Sequence[str] = CONVERSATION_KEYS) -> None:
-        self._tracker = _Tracker(_make_guard(guard, monitor, policy), block_on, conversation_keys, conversation_id)
+        self._tracker = _Tracker(make_guard(guard, monitor, policy), block_on, conversation_keys, conversation_id)
 
     @property
     def guard(self) -> Guard:

@@ -46,7 +46,7 @@ from llama_index.core.llms.llm import LLM
 from pydantic import Field, PrivateAttr
 
 from trajsafe_sdk.errors import GuardBlocked
-from trajsafe_sdk.guard import Guard, StreamChecker, Verdict
+from trajsafe_sdk.guard import Guard, StreamChecker, Verdict, make_guard
 
 __all__ = [
     "GuardedLLM",
@@ -65,15 +65,6 @@ R = TypeVar("R", ChatResponse, CompletionResponse)
 
 
 # -- shared helpers ------------------------------------------------------------------------------------------------
-def _make_guard(guard: Guard | None, monitor: Any, policy: Any) -> Guard:
-    """The guard to use: the one given, else a new one (embedded default monitor and policy when None)."""
-    if guard is not None:
-        if monitor is not None or policy is not None:
-            raise ValueError("pass either guard=... or monitor=/policy=..., not both (the guard has its own)")
-        return guard
-    return Guard(monitor=monitor, policy=policy)
-
-
 def to_openai_messages(messages: Iterable[ChatMessage]) -> list[dict[str, str]]:
     """LlamaIndex chat messages -> OpenAI-style dicts (the text blocks of each message)."""
     out = []
@@ -172,7 +163,7 @@ class GuardedLLM(LLM):
             raise ValueError("GuardedLLM needs the LLM to wrap: GuardedLLM(llm)")
         kwargs.setdefault("system_prompt", llm.system_prompt)
         kwargs.setdefault("callback_manager", llm.callback_manager)
-        super().__init__(llm=llm, guard=_make_guard(guard, monitor, policy), **kwargs)
+        super().__init__(llm=llm, guard=make_guard(guard, monitor, policy), **kwargs)
 
     @classmethod
     def class_name(cls) -> str:
@@ -411,7 +402,7 @@ class TrajSafeCallbackHandler(BaseCallbackHandler):
     def __init__(self, guard: Guard | None = None, *, monitor: Any = None, policy: Any = None,
                  block_on: Iterable[str] = ("refuse", "terminate"), conversation_id: str | None = None) -> None:
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
-        self.guard = _make_guard(guard, monitor, policy)
+        self.guard = make_guard(guard, monitor, policy)
         self.block_on = frozenset(block_on)
         self.conversation_id = conversation_id
         self._open: dict[str, list[dict[str, str]]] = {}
@@ -488,7 +479,7 @@ class TrajSafeEventHandler(BaseEventHandler):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if guard is not None or monitor is not None or policy is not None or self.audit:
-            self._guard = _make_guard(guard, monitor, policy)
+            self._guard = make_guard(guard, monitor, policy)
 
     @classmethod
     def class_name(cls) -> str:

@@ -703,6 +703,15 @@ class Guard:
                 log.exception("trajsafe: the on_decision callback raised")
 
 
+def make_guard(guard: Guard | None = None, monitor: Any = None, policy: Any = None) -> Guard:
+    """The guard an adapter uses: the one given (to share it), else a new one (default monitor and policy when None)."""
+    if guard is not None:
+        if monitor is not None or policy is not None:
+            raise ValueError("pass either guard=... or monitor=/policy=..., not both (the guard has its own)")
+        return guard
+    return Guard(monitor=monitor, policy=policy)
+
+
 def guard(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     """`@guard` or `@guard(monitor=..., policy=..., conversation_id=..., ...)`: see `Guard` for the options."""
     if fn is None:
