@@ -67,8 +67,10 @@ def split_label_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 class KVCache:
     """Per-layer key and value buffers [1, capacity, Hkv, D] holding `length` valid positions."""
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: type, capacity: int = 128) -> None:
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: type, capacity: int = 128,
+                 max_capacity: int | None = None) -> None:
         self.shape_tail = (num_kv_heads, head_dim)
+        self.max_capacity = max_capacity  # growth stops at the context limit (a request past it is still honoured)
         self.num_layers = num_layers
         self.dtype = dtype
         self.length = 0
@@ -94,7 +96,10 @@ class KVCache:
     def reserve(self, total: int) -> None:
         """Make room for `total` positions (geometric growth: amortised O(1) per token)."""
         if total > self.capacity:
-            self._allocate(max(total, 2 * self.capacity))
+            doubled = 2 * self.capacity
+            if self.max_capacity is not None:
+                doubled = min(doubled, self.max_capacity)
+            self._allocate(max(total, doubled))
 
     def truncate(self, length: int) -> None:
         self.length = min(self.length, length)
@@ -226,7 +231,8 @@ class Monitor:
         """An empty cache: host memory on CPU (grows by doubling), device memory on CUDA (context-sized)."""
         if self.provider == "cuda":
             return DeviceKVCache(self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype, self.context_limit)
-        return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype, capacity)
+        return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype, capacity,
+                       max_capacity=self.context_limit)
 
     # -- running the graph -------------------------------------------------------------------------------------
     def run(self, caches: Sequence[KVCache], new_ids: Sequence[np.ndarray],
