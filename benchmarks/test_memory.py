@@ -30,7 +30,8 @@ def test_rebuild_evicted_session(benchmark, models, session_at_turn_8, evicted: 
 
     benchmark.group = "next message of an 8-turn session: evicted (rebuild) vs resident"
     benchmark.pedantic(session.append, args=(follow,), setup=setup, rounds=20, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update({"tokens_before": session.num_tokens, "kv": kv_memory(session.monitor)})
+    benchmark.extra_info.update({"tokens_before": session.num_tokens,
+                                 "kv": kv_memory(session.monitor, models.context_limit)})
 
 
 def test_pool_peak_rss(benchmark, models) -> None:

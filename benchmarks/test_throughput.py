@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trajsafe_sdk.bench import TURN_TOKENS, _round_fn
+from trajsafe_sdk.bench import TURN_TOKENS, _filled_cache, _round_fn
 
 
 @pytest.mark.parametrize("batch", [1, 16])
@@ -16,13 +16,8 @@ def test_throughput(benchmark, models, conversations: int, batch: int) -> None:
     monitor = models.main_monitor()
     past = 7 * TURN_TOKENS + 1
     rng = np.random.default_rng(11)
-    caches = []
-    for _ in range(conversations):  # prefix KV filled with random values: latency does not depend on them
-        cache = monitor.new_cache(past + TURN_TOKENS)
-        for buf in cache.keys + cache.values:
-            buf[:, :past] = rng.standard_normal(buf[:, :past].shape).astype(buf.dtype)
-        cache.length = past
-        caches.append(cache)
+    # prefix KV filled with random values: latency does not depend on them
+    caches = [_filled_cache(monitor, past, rng) for _ in range(conversations)]
     new = [rng.integers(28, int(models.arch["vocab_size"]), TURN_TOKENS) for _ in range(conversations)]
     one_round = _round_fn(monitor, caches, new, batch, past)
     benchmark.group = f"throughput, {conversations} conversations ({monitor.variant})"
