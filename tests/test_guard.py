@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from scripted import forced
 
 from trajsafe_sdk.core import Monitor
 from trajsafe_sdk.decision import Decision
@@ -29,14 +30,6 @@ from trajsafe_sdk.policy import Policy
 REPLY = "Sure: here is a short answer. It has two sentences, and a third clause at the end."
 KINDS = ["sync", "async", "gen", "agen"]
 OFF = {"probe": 1.1, "steer": 1.1, "refuse": 1.1, "terminate": 1.1}
-
-
-def forced(action: str) -> Policy:
-    """A policy that takes `action` on every assessment (thresholds above 1 disable an action, 0 forces it)."""
-    thresholds = dict(OFF)
-    if action != "allow":
-        thresholds[action] = 0.0
-    return Policy(thresholds=thresholds)
 
 
 @dataclass

@@ -8,7 +8,6 @@ import inspect
 import itertools
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder  # noqa: E402
 from pydantic import Field  # noqa: E402
+from scripted import forced, scripted_guard  # noqa: E402
 
 from trajsafe_sdk.errors import GuardBlocked  # noqa: E402
 from trajsafe_sdk.guard import Guard  # noqa: E402
@@ -31,55 +31,12 @@ from trajsafe_sdk.integrations.langchain import (  # noqa: E402
     guard_chat_model,
     to_openai_messages,
 )
-from trajsafe_sdk.policy import LADDER, Policy  # noqa: E402
 
 ACTIONS = ("allow", "probe", "steer", "refuse", "terminate")
 MODES = ("invoke", "ainvoke", "stream", "astream")
 REPLY = "Sure. Here is a friendly answer about gardening and tomatoes."
 
 
-# -- helpers --------------------------------------------------------------------------------------------------------
-def forced(action: str) -> Policy:
-    """A real Policy whose thresholds force `action` whatever the (random) monitor scores."""
-    thresholds = {a: 1.1 for a in LADDER}
-    if action != "allow":
-        thresholds[action] = 0.0
-    return Policy(thresholds=thresholds)
-
-
-class ScriptedPolicy(Policy):
-    """A real Policy whose ladder reads the text instead of the random scores: `rules` (word -> action) on the user
-    message, `output_rules` on the reply, and a cut at the `stream_cut_at`-th check of a streamed reply."""
-
-    def __init__(self, rules: dict[str, str] | None = None, output_rules: dict[str, str] | None = None,
-                 stream_cut_at: int | None = None) -> None:
-        super().__init__(thresholds={a: 1.1 for a in LADDER})
-        self.rules, self.output_rules, self.stream_cut_at = rules or {}, output_rules or {}, stream_cut_at
-        self.pool: Any = None
-        self._local = threading.local()
-
-    def decide(self, assessment, state=None, stage="input"):
-        self._local.args = (state, stage)
-        return super().decide(assessment, state, stage)
-
-    def ladder_action(self, assessment) -> str:
-        state, stage = self._local.args
-        if stage == "stream":
-            state["checks"] = state.get("checks", 0) + 1
-            return "refuse" if self.stream_cut_at and state["checks"] >= self.stream_cut_at else "allow"
-        state["checks"] = 0
-        text = next((s.messages[assessment.message_index].content for s in list(self.pool._sessions.values())
-                     if s.state is state and assessment.message_index < len(s.messages)), "").lower()
-        rules = self.rules if stage == "input" else self.output_rules
-        return next((action for word, action in rules.items() if word in text), "allow")
-
-
-def scripted_guard(monitor, events: list | None = None, **policy: Any) -> Guard:
-    p = ScriptedPolicy(**policy)
-    g = Guard(monitor=monitor, policy=p, stream_check_every=0,
-              on_decision=events.append if events is not None else None)
-    p.pool = g.pool
-    return g
 
 
 class RecordingChat(GenericFakeChatModel):

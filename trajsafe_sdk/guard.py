@@ -72,7 +72,6 @@ import asyncio
 import copy
 import dataclasses
 import functools
-import hashlib
 import inspect
 import logging
 import re
@@ -88,7 +87,7 @@ from .decision import Decision
 from .errors import MessageError
 from .handlers import Handlers
 from .labels import ACTIONS, CATEGORIES
-from .messages import Message, normalize_messages
+from .messages import Message, normalize_messages, prefix_key
 
 if TYPE_CHECKING:  # the runtime (numpy, onnxruntime) loads on first use, not on import
     from .core import Assessment, Monitor, TrajectorySession
@@ -615,7 +614,7 @@ class Guard:
     def _recall(self, session: TrajectorySession, msgs: list[Message], stage: str) -> Decision:
         """The decision stored for the last assessed message, or a fresh one from re-reading that message."""
         index = max(i for i, m in enumerate(msgs) if m.role in ASSESSED_ROLES)
-        stored = session.state.get(_DECISIONS_KEY, {}).get(_digest(msgs[: index + 1]))
+        stored = session.state.get(_DECISIONS_KEY, {}).get(prefix_key(msgs[: index + 1]))
         if stored is None:
             session.truncate(index)
             got = [a for a in session.extend(msgs[index:]) if a.message_index == index]
@@ -952,17 +951,10 @@ def _leading_system(msgs: Sequence[Message]) -> int:
     return n
 
 
-def _digest(msgs: Sequence[Message]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for m in msgs:
-        h.update(m.role.encode() + b"\x00" + m.content.encode("utf-8", "surrogatepass") + b"\x01")
-    return h.hexdigest()
-
-
 def _remember(state: dict[str, Any], msgs: Sequence[Message], decision: Decision) -> None:
     """Keep the decision for its conversation prefix (a new dict each time: forked sessions share none)."""
     table = dict(state.get(_DECISIONS_KEY, {}))
-    table[_digest(msgs[: decision.message_index + 1])] = decision
+    table[prefix_key(msgs[: decision.message_index + 1])] = decision
     while len(table) > _DECISIONS_KEPT:
         table.pop(next(iter(table)))
     state[_DECISIONS_KEY] = table

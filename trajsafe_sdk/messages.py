@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import MessageError
@@ -74,3 +75,19 @@ def normalize_messages(messages: object) -> list[Message]:
     if not out:
         raise MessageError("the conversation is empty; expected at least one message")
     return out
+
+
+def prefix_keys(messages: Sequence[Message], previous: str = "") -> list[str]:
+    """Chained digests: key k identifies messages[:k+1] (continuing after the prefix whose key is `previous`)."""
+    keys = []
+    for m in messages:
+        digest = hashlib.blake2b(previous.encode(), digest_size=16)
+        digest.update(m.role.encode() + b"\x00" + m.content.encode("utf-8", "surrogatepass"))
+        previous = digest.hexdigest()
+        keys.append(previous)
+    return keys
+
+
+def prefix_key(messages: Sequence[Message]) -> str:
+    """The digest identifying exactly `messages` (a conversation prefix)."""
+    return prefix_keys(messages)[-1] if messages else ""

@@ -8,23 +8,12 @@ so the next call rebuilds them transparently (one re-read). Thread-safe.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from .core import Assessment, Monitor, TrajectorySession, _normalise
-from .messages import Message
-
-
-def _prefix_keys(messages: Sequence[Message]) -> list[str]:
-    """Cumulative digests: key k identifies messages[:k+1]."""
-    digest = hashlib.blake2b(digest_size=16)
-    keys = []
-    for m in messages:
-        digest.update(m.role.encode() + b"\x00" + m.content.encode("utf-8", "surrogatepass") + b"\x01")
-        keys.append(digest.copy().hexdigest())
-    return keys
+from .messages import Message, prefix_keys
 
 
 class SessionPool:
@@ -36,6 +25,7 @@ class SessionPool:
         self.max_conversations = max_conversations
         self._sessions: OrderedDict[str, TrajectorySession] = OrderedDict()  # LRU order, oldest first
         self._prefix_index: dict[str, str] = {}  # prefix digest -> anonymous session key
+        self._indexed: dict[str, tuple[list[Message], list[str]]] = {}  # key -> (messages, their digests)
         self._lock = threading.RLock()
         self._anon_counter = 0
         self.evictions = 0
@@ -56,7 +46,7 @@ class SessionPool:
     def match(self, messages: Sequence[Message]) -> TrajectorySession:
         """The anonymous session holding the longest prefix of `messages` (forked if it has diverged)."""
         with self._lock:
-            keys = _prefix_keys(messages)
+            keys = prefix_keys(messages)
             for k in range(len(keys) - 1, -1, -1):
                 owner = self._prefix_index.get(keys[k])
                 session = self._sessions.get(owner) if owner else None
@@ -79,8 +69,16 @@ class SessionPool:
         return session
 
     def _index(self, key: str, session: TrajectorySession) -> None:
-        for digest in _prefix_keys(session.messages):
+        """Index the session's prefixes; only messages added since the last call are hashed."""
+        indexed, digests = self._indexed.get(key, ([], []))
+        messages = session.messages
+        n = 0
+        while n < min(len(indexed), len(messages)) and indexed[n] is messages[n]:
+            n += 1
+        new = prefix_keys(messages[n:], digests[n - 1] if n else "")
+        for digest in new:
             self._prefix_index[digest] = key
+        self._indexed[key] = (list(messages), digests[:n] + new)
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def assess(self, messages: object,
@@ -145,7 +143,7 @@ class SessionPool:
     def _drop_excess(self) -> None:
         while len(self._sessions) > self.max_conversations:
             key, session = self._sessions.popitem(last=False)
-            for digest in _prefix_keys(session.messages):
+            for digest in self._indexed.pop(key, ([], []))[1]:
                 if self._prefix_index.get(digest) == key:
                     del self._prefix_index[digest]
             session.evict()

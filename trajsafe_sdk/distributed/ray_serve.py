@@ -35,8 +35,8 @@ from starlette.responses import JSONResponse
 from ..core import Assessment, Monitor
 from ..errors import MessageError, TrajSafeError
 from ..evaluation import Conversation, Scored, Scorer
-from ..messages import Message, normalize_messages
-from ..pool import SessionPool, _prefix_keys
+from ..messages import Message, normalize_messages, prefix_keys
+from ..pool import SessionPool
 
 CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 
@@ -81,18 +81,10 @@ class MonitorReplica:
         started = time.perf_counter()
         self.largest_batch = max(self.largest_batch, len(requests))
         try:  # in runs of the local scorer's batch size (on CPU, single runs beat padded batches)
-            fresh: list[list[Assessment]] = [[] for _ in requests]  # a repeated history has nothing new to read
-            waiting = list(range(len(requests)))
-            while waiting:
-                chunk: list[int] = []
-                while waiting and len(chunk) < self.scorer.batch_size:
-                    i = waiting.pop(0)
-                    if not self._nothing_new(*requests[i]):  # checked after the runs before it
-                        chunk.append(i)
-                if chunk:
-                    new = self.pool.assess_many([(requests[i][1], requests[i][0]) for i in chunk])
-                    for i, assessments in zip(chunk, new, strict=True):
-                        fresh[i] = assessments
+            fresh: list[list[Assessment]] = []  # a repeated history has nothing new to read: []
+            size = self.scorer.batch_size
+            for start in range(0, len(requests), size):
+                fresh += self.pool.assess_many([(msgs, cid) for cid, msgs in requests[start : start + size]])
         except (TrajSafeError, ValueError) as exc:
             if len(requests) > 1:
                 return [r for req in requests for r in self.score_many([req])]  # isolate the failing request(s)
@@ -118,22 +110,16 @@ class MonitorReplica:
         tokens = 0
         try:
             for end in [i + 1 for i, m in enumerate(msgs) if m.role == "user"] + [len(msgs)]:
-                if not self._nothing_new(cid, msgs[:end]):
-                    _, got = self.pool.assess(msgs[:end], conversation_id=cid)
-                    new += got
-                    tokens += got[0].tokens if got else 0
+                _, got = self.pool.assess(msgs[:end], conversation_id=cid)  # a repeat or rewind reads nothing
+                new += got
+                tokens += got[0].tokens if got else 0
             return self._answer(cid, msgs, new, tokens, (time.perf_counter() - started) * 1000)
         except (TrajSafeError, ValueError) as exc:
             return self._error(cid, exc or error)
 
-    def _nothing_new(self, cid: str | None, msgs: list[Message]) -> bool:
-        """Whether the pooled session already read all of `msgs` (a repeat, or a rewind): nothing to run."""
-        session = self.pool.get(cid) if cid is not None else self.pool.match(msgs)
-        return session.common_prefix(msgs) == len(msgs)
-
     def _answer(self, cid: str | None, msgs: list[Message], new: list[Assessment], tokens: int,
                 latency_ms: float) -> dict[str, Any]:
-        keys = _prefix_keys(msgs)
+        keys = prefix_keys(msgs)
         for a in new:
             if a.role == "user":
                 self._remember(keys[a.message_index], a)
