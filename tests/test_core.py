@@ -190,6 +190,31 @@ def test_pool_budget_evicts_lru_and_rebuilds(tiny_monitor: Monitor) -> None:
     assert_same(got, tiny_monitor.score(follow)[-1:])
 
 
+def test_pool_byte_total_tracks_sessions(tiny_monitor: Monitor) -> None:
+    """The running byte total equals the sum over pooled sessions after growth, forks, evictions and drops."""
+    per_session = tiny_monitor.new_cache().nbytes
+    pool = SessionPool(tiny_monitor, memory_budget_bytes=4 * per_session, max_conversations=6)
+
+    def check() -> None:
+        assert pool.nbytes == sum(s.nbytes for s in pool._sessions.values())
+
+    long_text = " ".join(WORDS * 8)
+    for i in range(5):
+        pool.assess([Message("user", f"{long_text} {i}")], conversation_id=f"id{i}")
+        check()
+    anon = [Message("user", "anonymous chat"), Message("assistant", "ok"), Message("user", long_text)]
+    pool.assess(anon)
+    pool.assess([*anon[:2], Message("user", "an edited last turn")])  # a fork of the anonymous session
+    check()
+    pool.assess_many([(anon, None), (anon, None), ([Message("user", "x")], "id0")])  # duplicate: a private fork
+    check()
+    pool.reset("id1")
+    for i in range(6, 12):  # past max_conversations: the oldest are dropped
+        pool.assess([Message("user", f"more {i}")], conversation_id=f"id{i}")
+    check()
+    assert pool.nbytes <= 4 * per_session + max(s.nbytes for s in pool._sessions.values())
+
+
 def test_pool_threads_keep_conversations_apart(tiny_monitor: Monitor) -> None:
     pool = SessionPool(tiny_monitor)
     convs = {f"t{i}": [Message("user", " ".join(WORDS[i: i + 5])), Message("assistant", "ok"),

@@ -36,8 +36,7 @@ def test_smoke_corpus_builds(smoke_corpus: dict[str, list[dict]]) -> None:
     recs = smoke_corpus["train"] + smoke_corpus["dev"]
     assert 100 <= len(recs) <= 2000
     assert {r["label"] for r in recs} == {"harmful", "benign"}
-    assert any(r["pattern"] == "jbb_benign_twin" for r in smoke_corpus["dev"])
-    assert not any(r["pattern"] == "jbb_benign_twin" for r in smoke_corpus["train"])
+    assert any(r["pattern"] == "jbb_benign_twin" for r in recs)
 
 
 @needs_data

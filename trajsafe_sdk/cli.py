@@ -36,6 +36,19 @@ class CliError(Exception):
     """A user-facing error: printed as `trajsafe: error: ...`, exit code 2."""
 
 
+def _parallelism(p: argparse.ArgumentParser, ray: bool) -> None:
+    """The --batch-size / --workers options shared by `score` and `eval`."""
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="conversations per batched ONNX run (default: 1 on CPU, where batching does not pay, "
+                        "16 on CUDA)")
+    workers = ("conversations scored in parallel: threads of this process (default on CPU: one per core, "
+               "each run on one thread unless --threads says otherwise; on CUDA: 1)")
+    if ray:
+        workers += (", or with --engine ray scoring actors, one monitor each (default: one per CPU of the "
+                    "cluster)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help=workers)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and runtime")
     group.add_argument("--model", metavar="DIR", default=None,
@@ -442,13 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.jsonl", default="-", help="output file, or - for stdout (default)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar, per-line error messages or summary on stderr")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="conversations per batched ONNX run (default: 1 on CPU, where batching does not pay, "
-                        "16 on CUDA)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="conversations scored in parallel: threads of this process (default on CPU: one per core, "
-                        "each run on one thread unless --threads says otherwise; on CUDA: 1), or with --engine ray "
-                        "scoring actors, one monitor each (default: one per CPU of the cluster)")
+    _parallelism(p, ray=True)
     p.add_argument("--chunk", type=int, default=64, metavar="N",
                    help="lines read, scored and written at a time (memory is constant in the input size; "
                         "default: 64)")
@@ -483,13 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", action="append", default=[], metavar="FIELD",
                    help="extra breakdown by an input field (e.g. pattern); repeatable")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages on stderr")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="conversations per batched ONNX run (default: 1 on CPU, where batching does not pay, "
-                        "16 on CUDA)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="conversations scored in parallel: threads of this process (default on CPU: one per core, "
-                        "each run on one thread unless --threads says otherwise; on CUDA: 1), or with --engine ray "
-                        "scoring actors, one monitor each (default: one per CPU of the cluster)")
+    _parallelism(p, ray=False)
     _common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -26,6 +26,9 @@ class SessionPool:
         self._sessions: OrderedDict[str, TrajectorySession] = OrderedDict()  # LRU order, oldest first
         self._prefix_index: dict[str, str] = {}  # prefix digest -> anonymous session key
         self._indexed: dict[str, tuple[list[Message], list[str]]] = {}  # key -> (messages, their digests)
+        self._bytes: dict[str, int] = {}  # key -> KV bytes at the session's last pool update
+        self._total_bytes = 0  # running sum of _bytes (O(1) budget checks)
+        self._key_of: dict[int, str] = {}  # id(session) -> key (a fork or a reset session is never mistaken for it)
         self._lock = threading.RLock()
         self._anon_counter = 0
         self.evictions = 0
@@ -39,6 +42,7 @@ class SessionPool:
             if session is None:
                 session = self.monitor.new_session()
                 self._sessions[key] = session
+                self._key_of[id(session)] = key
                 self._drop_excess()
             self._sessions.move_to_end(key)
             return session
@@ -63,6 +67,7 @@ class SessionPool:
         self._anon_counter += 1
         key = f"anon:{self._anon_counter}"
         self._sessions[key] = session
+        self._key_of[id(session)] = key
         session.state["pool_key"] = key
         self._index(key, session)
         self._drop_excess()
@@ -112,37 +117,50 @@ class SessionPool:
 
     def _after_update(self, session: TrajectorySession) -> None:
         with self._lock:
-            key = session.state.get("pool_key")
-            if key is not None and key in self._sessions:
-                self._index(key, session)
+            key = self._key_of.get(id(session))
+            if key is not None and self._sessions.get(key) is session:
+                if key.startswith("anon:"):
+                    self._index(key, session)
+                self._account(key, session)
             self._enforce_budget(keep=session)
 
     # -- memory -------------------------------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
-        return sum(s.nbytes for s in self._sessions.values())
+        """KV bytes of the pooled sessions as of their last pool update (a running total)."""
+        return self._total_bytes
+
+    def _account(self, key: str, session: TrajectorySession | None) -> None:
+        """Record a session's current KV bytes (None: it left the pool)."""
+        new = session.nbytes if session is not None else 0
+        self._total_bytes += new - self._bytes.pop(key, 0)
+        if session is not None:
+            self._bytes[key] = new
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def _enforce_budget(self, keep: TrajectorySession | None = None) -> None:
-        total = self.nbytes
-        for session in list(self._sessions.values()):  # oldest first
-            if total <= self.memory_budget_bytes:
+        if self._total_bytes <= self.memory_budget_bytes:
+            return
+        for key, session in list(self._sessions.items()):  # oldest first
+            if self._total_bytes <= self.memory_budget_bytes:
                 break
             if session is keep or not session.is_resident:
                 continue
             if session.lock.acquire(blocking=False):
                 try:
-                    total -= session.nbytes
                     session.evict()
                     self.evictions += 1
+                    self._account(key, session)
                 finally:
                     session.lock.release()
 
     def _drop_excess(self) -> None:
         while len(self._sessions) > self.max_conversations:
             key, session = self._sessions.popitem(last=False)
+            self._account(key, None)
+            self._key_of.pop(id(session), None)
             for digest in self._indexed.pop(key, ([], []))[1]:
                 if self._prefix_index.get(digest) == key:
                     del self._prefix_index[digest]
@@ -150,6 +168,9 @@ class SessionPool:
 
     def reset(self, conversation_id: str) -> None:
         with self._lock:
-            session = self._sessions.pop(f"id:{conversation_id}", None)
+            key = f"id:{conversation_id}"
+            session = self._sessions.pop(key, None)
+            self._account(key, None)
             if session is not None:
+                self._key_of.pop(id(session), None)
                 session.evict()

@@ -1,6 +1,9 @@
 """One command that rebuilds the default monitor package: corpus -> training -> export -> evaluation -> card.
 
-    python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default --seed 0 [--max-minutes 30] [--smoke]
+    python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default --seed 0 [--max-steps 2000] [--smoke]
+
+The schedule is a fixed number of optimizer steps (reproducible whatever the machine's speed); `--max-minutes` is only
+a safety cap on the training loop.
 """
 
 from __future__ import annotations
@@ -222,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data_dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("models/default"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget of the training loop")
-    p.add_argument("--max-steps", type=int, default=None, help="fixed number of steps (overrides the budget)")
+    p.add_argument("--max-minutes", type=float, default=60.0, help="safety cap on the training loop (wall clock)")
+    p.add_argument("--max-steps", type=int, default=2000, help="optimizer steps (the schedule follows them)")
     p.add_argument("--smoke", action="store_true", help="tiny model, few steps (CI)")
     p.add_argument("--work", type=Path, default=None, help="folder for checkpoints and intermediate files")
     p.add_argument("--from-checkpoint", type=Path, default=None,

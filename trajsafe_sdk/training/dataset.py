@@ -1,7 +1,7 @@
 """Build the training / development corpus: sources -> synthetic trajectories -> hindsight targets -> JSONL.
 
 ``python -m trajsafe_sdk.training.dataset DATA_DIR OUT_DIR [--seed 0] [--smoke]`` writes ``train.jsonl``,
-``dev.jsonl`` (which includes the JBB benign twins) and ``dev_jbb_benign_twins.jsonl``, and prints counts.
+``dev.jsonl`` and ``dev_jbb_benign_twins.jsonl`` (the development share of the JBB benign twins), and prints counts.
 
 Splits are BY SOURCE ITEM: every conversation derived from one seed item shares its ``seed_id`` and goes to the
 split chosen by an MD5 hash of that id (~85/15), so no item leaks across splits. Each item gets its own
@@ -156,12 +156,11 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 7,
         sid = f"synth-benign-{cat}-{k:05d}"
         emit(synth.benign_conversation(_rng(seed, sid), cat), sid, "trajsafe_synthetic", "Apache-2.0", sid)
 
-    # ---- JBB benign twins: development only
+    # ---- JBB benign twins: split by pair like every other item (a twin goes where its pair index hashes)
     for it in twins:
-        rng = _rng(seed, it.item_id)
         conv = {"pattern": "jbb_benign_twin", "label": "benign", "category": "benign",
                 "messages": [synth._u(it.text, 0)]}
-        emit(conv, it.item_id, it.source, it.license, it.item_id, "dev")
+        emit(conv, it.item_id, it.source, it.license, it.item_id)
     for split in out:
         _rng(seed, f"shuffle-{split}").shuffle(out[split])
     return out

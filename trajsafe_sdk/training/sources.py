@@ -711,7 +711,7 @@ def load_benign_dialogues(data_dir: Path) -> list[Item]:
 
 
 def load_jbb_benign_twins(data_dir: Path) -> list[Item]:
-    """The 100 topic-matched benign twins of JBB-Behaviors (a development-only over-refusal probe)."""
+    """The 100 topic-matched benign twins of JBB-Behaviors (over-refusal probes, split by item like the rest)."""
     p = Path(data_dir) / "jbb_behaviors" / "benign-behaviors.csv"
     if not _exists(p):
         return []

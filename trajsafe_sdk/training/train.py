@@ -72,6 +72,7 @@ class TrainConfig:
     distill_weight: float = 0.0  # all-MiniLM-L6-v2 embedding of each user message, regressed from <|end|>; 0: off
     distill_max_tokens: int = 48
     threads: int = 2
+    bf16: bool | None = None  # bf16 autocast for the forward pass; None: on where the CPU has AMX tiles
     log_every: int = 20
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -250,6 +251,12 @@ def lr_at(progress: float, cfg: TrainConfig) -> float:
         return cfg.lr * max(progress, 1e-3) / cfg.warmup_frac
     frac = min(1.0, (progress - cfg.warmup_frac) / max(1e-9, 1 - cfg.warmup_frac))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX tiles (bf16 matrix units: there bf16 autocast trains ~1.3x faster)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -543,6 +550,8 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
             return step / cfg.max_steps
         return (time.time() - t_train) / budget_s
 
+    use_bf16 = cpu_has_amx() if cfg.bf16 is None else cfg.bf16
+    log(f"bf16 autocast: {'on' if use_bf16 else 'off'}")
     step, epoch, t_train = 0, 0, time.time()
     hist: list[dict[str, float]] = []
     done = False
@@ -562,7 +571,8 @@ def train_monitor(train_records: list[dict[str, Any]], cfg: TrainConfig, log: Ca
             lr = lr_at(prog, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss, parts = multitask_loss(model, collate(batch), cfg, action_weights, gen, distill)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                loss, parts = multitask_loss(model, collate(batch), cfg, action_weights, gen, distill)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
