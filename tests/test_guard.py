@@ -12,9 +12,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scripted import forced
 
@@ -724,6 +725,21 @@ def test_bare_guard_uses_the_cached_default_monitor(tiny_package: Path, monkeypa
     assert chat.policy.thresholds == Policy.from_package(chat.monitor.package.policy_defaults).thresholds
     out = chat("hello")
     assert isinstance(out, str)
+
+
+def test_risk_probe(tiny_monitor: Monitor) -> None:
+    """Where the ladder allows, a trajectory risk at or above `probe_risk` probes; below it allows."""
+    a = tiny_monitor.score([Message("user", "hello")])[0]
+    allow_scores = np.array([1.0, 0.0, 0.0, 0.0, 0.0])
+    high = replace(a, action_scores=allow_scores, risk=0.6)
+    low = replace(a, action_scores=allow_scores, risk=0.2)
+    policy = Policy.from_package({**OFF, "probe_risk": 0.4})
+    assert policy.probe_risk == 0.4
+    assert policy.decide(high, {}).action == "probe"
+    assert policy.decide(low, {}).action == "allow"
+    assert Policy(thresholds=dict(OFF)).decide(high, {}).action == "allow"  # off by default
+    with pytest.raises(ValueError, match="probe_risk"):
+        Policy(probe_risk="high").validate()
 
 
 def test_policy_stages_and_package_defaults(tiny_monitor: Monitor) -> None:

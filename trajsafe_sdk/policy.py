@@ -23,20 +23,24 @@ class Policy:
     After a probe, a reply that lowers the risk (a credible purpose) de-escalates: at most `steer`, and `allow`
     when the risk falls under `deescalate_risk`; a probe is never repeated on the next turn (it becomes `steer`).
 
+    Where the ladder says `allow` but the monitor's trajectory risk reaches `probe_risk`, the user is probed
+    (asked for their purpose): the risk head ranks conversations better than the action head's uncertain middle.
+
     A threshold above 1 disables its action. `stage` ("input", "output", "stream") says what was just read: only
     input decisions are remembered for de-escalation; any `terminate` is sticky. Subclasses may override
-    `ladder_action` (e.g. to use `assessment.risk`).
+    `ladder_action`.
     """
 
     thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     sticky_terminate: bool = True
     deescalate_risk: float = 0.5
+    probe_risk: float = 1.1  # above 1: off
 
     @classmethod
     def from_package(cls, defaults: Mapping[str, Any], **overrides: Any) -> Policy:
         thresholds = {k: float(defaults[k]) for k in LADDER if k in defaults}
         thresholds.update(overrides.pop("thresholds", {}) or {})
-        for key in ("sticky_terminate", "deescalate_risk"):  # optional package defaults
+        for key in ("sticky_terminate", "deescalate_risk", "probe_risk"):  # optional package defaults
             if key in defaults and key not in overrides:
                 overrides[key] = defaults[key]
         policy = cls(thresholds={**DEFAULT_THRESHOLDS, **thresholds}, **overrides)
@@ -54,6 +58,9 @@ class Policy:
                 raise ValueError(f"policy threshold {name}={value!r} must be a number in [0, 1] (above 1: never)")
         if not 0.0 <= float(self.deescalate_risk) <= 1.0:
             raise ValueError(f"deescalate_risk={self.deescalate_risk!r} must be within [0, 1]")
+        if isinstance(self.probe_risk, bool) or not isinstance(self.probe_risk, int | float) \
+                or not float(self.probe_risk) >= 0.0:
+            raise ValueError(f"probe_risk={self.probe_risk!r} must be a number in [0, 1] (above 1: never)")
 
     def choose(self, action_scores: Any) -> str:
         """The severity ladder over cumulative action probabilities."""
@@ -64,8 +71,12 @@ class Policy:
         return "allow"
 
     def ladder_action(self, assessment: Assessment) -> str:
-        """The action for one assessment before conversation state is applied (default: `choose`)."""
-        return self.choose(assessment.action_scores)
+        """The action for one assessment before conversation state is applied: the ladder, else a probe when
+        the trajectory risk reaches `probe_risk`."""
+        action = self.choose(assessment.action_scores)
+        if action == "allow" and assessment.risk >= self.probe_risk:
+            return "probe"
+        return action
 
     def decide(self, assessment: Assessment, state: dict[str, Any] | None = None, stage: str = "input") -> Decision:
         """A Decision for `assessment`; `state` (per conversation) carries termination and probe history."""

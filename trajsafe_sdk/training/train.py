@@ -67,8 +67,8 @@ class TrainConfig:
     benign_weight: float = 1.5
     aug_prob: float = 0.5
     val_frac: float = 0.08
-    target_friction: float = 0.04
-    target_over_refusal: float = 0.015
+    target_friction: float = 0.05
+    target_over_refusal: float = 0.02
     distill_weight: float = 0.0  # all-MiniLM-L6-v2 embedding of each user message, regressed from <|end|>; 0: off
     distill_max_tokens: int = 48
     threads: int = 2
@@ -313,16 +313,18 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def ladder(action_probs: np.ndarray, thresholds: dict[str, float]) -> list[str]:
-    """Severity ladder (docs/architecture.md "Policy") with sticky `terminate`, per assessment row."""
+def ladder(action_probs: np.ndarray, thresholds: dict[str, float], risks: np.ndarray | None = None) -> list[str]:
+    """Severity ladder (docs/architecture.md "Policy") with the risk probe and sticky `terminate`, per row."""
     cum = np.cumsum(action_probs[:, ::-1], axis=1)[:, ::-1]  # P(action >= a)
     out, terminated = [], False
-    for row in cum:
+    for i, row in enumerate(cum):
         chosen = "allow"
         for a in range(N_ACT - 1, 0, -1):
             if row[a] >= thresholds[ACTIONS[a]]:
                 chosen = ACTIONS[a]
                 break
+        if chosen == "allow" and risks is not None and risks[i] >= thresholds.get("probe_risk", 1.1):
+            chosen = "probe"
         if terminated:
             chosen = "terminate"
         terminated = terminated or chosen == "terminate"
@@ -334,14 +336,14 @@ def runtime_actions(logits: np.ndarray, thresholds: dict[str, float]) -> list[st
     """Per user turn actions exactly as the runtime decides them (`trajsafe_sdk.policy.Policy`: ladder, sticky
     terminate, probe de-escalation); falls back to `ladder` if the runtime policy is unavailable."""
     probs = softmax(logits[:, :N_ACT].astype(np.float64))
+    risk = softmax(logits[:, N_ACT + N_CAT:].astype(np.float64))[:, 1]
     try:
         from ..core import Assessment
         from ..policy import Policy
     except ImportError:
-        return ladder(probs, thresholds)
+        return ladder(probs, thresholds, risk)
     policy = Policy.from_package(thresholds)
     cats = softmax(logits[:, N_ACT:N_ACT + N_CAT].astype(np.float64))
-    risk = softmax(logits[:, N_ACT + N_CAT:].astype(np.float64))[:, 1]
     state: dict[str, Any] = {}
     return [policy.decide(Assessment(i, "user", probs[i], cats[i], float(risk[i]), 0, 0.0), state).action
             for i in range(len(logits))]
@@ -354,10 +356,11 @@ def user_rows(msgs: list[Message], encoder: MessageEncoder, n_rows: int) -> list
 
 
 def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: float,
-               target_over_refusal: float) -> dict[str, float]:
+               target_over_refusal: float, val_risks: list[np.ndarray] | None = None) -> dict[str, float]:
     """Thresholds maximising catch (then block) rate on a validation slice under friction/over-refusal targets.
 
-    `val_probs[i]`: action probabilities `[n_user_turns, 5]` of conversation i.
+    `val_probs[i]`: action probabilities `[n_user_turns, 5]` of conversation i; `val_risks[i]` its risks
+    `[n_user_turns]` (when given, the risk probe threshold `probe_risk` is fitted too; 1.1 = off).
     """
     grid = np.round(np.concatenate([np.arange(0.1, 0.9, 0.05), np.arange(0.9, 0.996, 0.01)]), 3)
     # refuse/terminate need most of the mass on them and steer at least a large share: the ladder keeps the
@@ -384,21 +387,28 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
                 best = (key, t_ref, t_term)
     t_ref, t_term = (best[1], best[2]) if best else (0.99, 0.995)
     harm = ~benign
+    risk_max = np.array([r.max() if len(r) else 0.0 for r in val_risks]) if val_risks is not None else None
+    risk_grid = np.concatenate([grid[grid >= 0.2], [1.1]]) if risk_max is not None else np.array([1.1])
     best2 = None
     for t_probe in low:
         for t_steer in mid:
-            fires = (mx[:, 1] >= t_probe) | (mx[:, 2] >= t_steer) | (mx[:, 3] >= t_ref) | (mx[:, 4] >= t_term)
-            fric = fires[benign].mean() if benign.any() else 0.0
-            if fric > target_friction:
-                continue
-            catch = fires[harm].mean() if harm.any() else 0.0
+            ladder_fires = (mx[:, 1] >= t_probe) | (mx[:, 2] >= t_steer) | (mx[:, 3] >= t_ref) | (mx[:, 4] >= t_term)
             block = ((last[:, 2] >= t_steer) | (last[:, 3] >= t_ref) | (last[:, 4] >= t_term))[harm].mean() \
                 if harm.any() else 0.0
-            key = (round(catch + 0.3 * block, 6), -t_probe - t_steer)
-            if best2 is None or key > best2[0]:
-                best2 = (key, t_probe, t_steer)
-    t_probe, t_steer = (best2[1], best2[2]) if best2 else (0.99, 0.99)
-    return {"probe": float(t_probe), "steer": float(t_steer), "refuse": float(t_ref), "terminate": float(t_term)}
+            for t_risk in risk_grid:
+                fires = ladder_fires | (risk_max >= t_risk) if risk_max is not None and t_risk <= 1 else ladder_fires
+                fric = fires[benign].mean() if benign.any() else 0.0
+                if fric > target_friction:
+                    continue
+                catch = fires[harm].mean() if harm.any() else 0.0
+                key = (round(catch + 0.3 * block, 6), -t_probe - t_steer - t_risk)
+                if best2 is None or key > best2[0]:
+                    best2 = (key, t_probe, t_steer, t_risk)
+    t_probe, t_steer, t_risk = (best2[1], best2[2], best2[3]) if best2 else (0.99, 0.99, 1.1)
+    policy = {"probe": float(t_probe), "steer": float(t_steer), "refuse": float(t_ref), "terminate": float(t_term)}
+    if risk_max is not None:
+        policy["probe_risk"] = float(t_risk)
+    return policy
 
 
 def evaluate(model: torch.nn.Module, encoder: MessageEncoder, records: list[dict[str, Any]],
@@ -456,14 +466,16 @@ def split_validation(records: list[dict[str, Any]], frac: float, seed: int
 def fit_policy_on_validation(model: torch.nn.Module, encoder: MessageEncoder, val_records: list[dict[str, Any]],
                              cfg: TrainConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Policy thresholds fitted on the validation slice of TRAIN, and the slice's metrics under them."""
-    val_probs, labels = [], []
+    val_probs, val_risks, labels = [], [], []
     logits = predict_conversations(model, encoder, [record_messages(r) for r in val_records])
     for r, lg in zip(val_records, logits, strict=True):
         rows = user_rows(record_messages(r), encoder, len(lg))
         val_probs.append(softmax(lg[rows, :N_ACT]) if rows else np.zeros((0, N_ACT)))
+        val_risks.append(softmax(lg[rows, N_ACT + N_CAT:])[:, 1] if rows else np.zeros(0))
         labels.append(r["label"])
-    policy = fit_policy(val_probs, labels, cfg.target_friction, cfg.target_over_refusal)
-    val_items = [{"label": lab, "actions": ladder(p, policy)} for lab, p in zip(labels, val_probs, strict=True)]
+    policy = fit_policy(val_probs, labels, cfg.target_friction, cfg.target_over_refusal, val_risks)
+    val_items = [{"label": lab, "actions": ladder(p, policy, rk)}
+                 for lab, p, rk in zip(labels, val_probs, val_risks, strict=True)]
     return policy, conversation_metrics(val_items)
 
 
