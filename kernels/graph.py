@@ -1,18 +1,29 @@
-"""The monitor's ONNX graph: a Llama decoder with KV in/out and a label-only head (docs/architecture.md).
+"""The monitor's ONNX graph: a Llama decoder reading and updating a KV cache in place, label-only head.
 
-The graph is built directly with `onnx.helper` (default-domain ops, opset 17) from Hugging Face
-`LlamaForCausalLM` state-dict names. Design choices:
+The graph is built directly with `onnx.helper` (default domain opset 17 plus two `com.microsoft` ops,
+GroupQueryAttention and RotaryEmbedding) from Hugging Face `LlamaForCausalLM` state-dict names. The contract is in
+docs/architecture.md ("ONNX graph contract"). Design choices:
 
-- q/k/v and gate/up projections are fused into one MatMul each (then split);
-- the attention scale `1/sqrt(head_dim)` is folded into the q weights (RoPE is linear, so this is exact);
-- GQA without repeating K/V: query heads are grouped per kv head, so each kv head does one larger MatMul;
-- the last layer computes queries, o_proj, MLP and the final norm only at `score_positions`
-  (its keys/values are still produced for every new token);
+- the KV cache is one preallocated buffer per layer and kind, `[B, Hkv, capacity, D]` (BNSH), fed whole as
+  `past_key.{i}` and returned as `present_key.{i}`; a caller that binds `present_*` to the memory of `past_*` (IO
+  binding) has the new keys/values written in place: no per-turn copy of the cached prefix;
+- layers 0..L-2 use GroupQueryAttention (CPU and CUDA kernels) on that shared buffer, fed the fused q/k/v projection
+  as one packed tensor and applying RoPE itself (`do_rotary=1`, tables `rope_cos`/`rope_sin` of `max_positions`
+  rows): it writes the new K/V after the prefix and attends over `seqlens_k + 1` keys per row, causally, with no
+  Concat of past and new K/V, no K Transpose and no additive mask over all scores (what the earlier plain-op graph
+  spent most of a long turn on); RoPE positions are the cache positions `P .. P+T-1`;
+- the last layer needs queries only at `score_positions`, which GroupQueryAttention cannot do (its query and key
+  lengths must match), so it applies RoPE with `RotaryEmbedding`, writes its new K/V with `ScatterElements` (in place
+  when the output is bound to the input: ORT skips the copy when both are the same memory) and attends the few
+  scored queries over the whole buffer with a mask (keys after a query's own position, including the unused
+  capacity, get zero weight; the buffer must hold finite values, so callers allocate it zeroed);
+- GroupQueryAttention limits batching: several rows with new tokens after a non-empty past are rejected by ORT
+  (`batch_size must be 1 when sequence_length > 1 and past context is given`); batches of first reads (no past)
+  work, and the runtime runs rows with a past one by one;
+- the attention scale `1/sqrt(head_dim)` is folded into the q weights (RoPE is linear, so this is exact;
+  GroupQueryAttention gets `scale=1`), gate/up are fused into one MatMul;
 - RMSNorm is written as `Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul`, which ORT fuses into
-  `SimplifiedLayerNormalization`;
-- K/V are concatenated (past + new) before attention: on CPU (4 layers, hidden 256, 64 new tokens, 2048 past,
-  2 threads) this measured 5.35 ms against 5.68 ms for scoring past and new keys separately
-  (`split_attention=True`).
+  `SimplifiedLayerNormalization`.
 """
 
 from __future__ import annotations
@@ -32,12 +43,21 @@ ARCH_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_hea
 _DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float16": (np.float16, TensorProto.FLOAT16)}
 # Additive mask value: finite so a fully masked row gives a uniform softmax instead of NaN.
 _MASK_VALUE = {"float32": -1e9, "float16": -1e4}
+KV_LAYOUT = "BNSH"  # cache buffers [batch, kv heads, capacity, head_dim]
+ROPE_POSITIONS = 4096  # default rows of the RoPE tables (the shipped context limit is 2048)
 
 
 def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
     """Llama's default RoPE inverse frequencies (float32, correctly rounded)."""
     exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float64) / head_dim
     return (1.0 / (float(theta) ** exponents)).astype(np.float32)
+
+
+def rope_tables(head_dim: int, theta: float, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """RoPE cos/sin caches [positions, head_dim/2] (float32): angle = float32(position) * inv_freq in float32, like
+    transformers, then cos/sin correctly rounded."""
+    angles = np.arange(positions, dtype=np.float32)[:, None] * rope_inv_freq(head_dim, theta)[None, :]
+    return np.cos(angles.astype(np.float64)).astype(np.float32), np.sin(angles.astype(np.float64)).astype(np.float32)
 
 
 class _Builder:
@@ -50,6 +70,7 @@ class _Builder:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
         self._consts: dict[tuple, str] = {}
+        self.value_info: list[onnx.ValueInfoProto] = []
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -70,6 +91,14 @@ class _Builder:
     def fconst(self, value: Any) -> str:
         """A constant in the graph's float dtype."""
         return self.const(value, self.np_dtype)
+
+    def contrib(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], shapes: Sequence[Sequence[Any]],
+                **attrs: Any) -> Any:
+        """A `com.microsoft` op; its outputs' types and shapes are declared (ONNX shape inference, which the int8
+        quantizer relies on, does not know contrib ops)."""
+        for name, shape in zip(outputs, shapes, strict=False):
+            self.value_info.append(helper.make_tensor_value_info(name, self.onnx_dtype, list(shape)))
+        return self.op(op_type, inputs, op_type.lower(), outputs=outputs, domain="com.microsoft", **attrs)
 
     def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, outputs: int | Sequence[str] = 1,
            **attrs: Any) -> Any:
@@ -92,74 +121,70 @@ def _rms_norm(b: _Builder, x: str, weight: np.ndarray, eps: float, name: str) ->
     return b.op("Mul", [normed, b.init(name, weight.astype(b.np_dtype))], "norm_mul")
 
 
-def _rope(b: _Builder, x: str, cos: str, sin_signed: str, half: int, head_dim: int, out: str | None = None) -> str:
-    """x*cos + rotate_half(x)*sin with rotate_half(x) = [-x2, x1]; `sin_signed` = [-sin, sin]."""
-    axes = b.const([3])
-    x1 = b.op("Slice", [x, b.const([0]), b.const([half]), axes], "rope_x1")
-    x2 = b.op("Slice", [x, b.const([half]), b.const([head_dim]), axes], "rope_x2")
-    swapped = b.op("Concat", [x2, x1], "rope_swap", axis=-1)
-    terms = [b.op("Mul", [x, cos], "rope_cos"), b.op("Mul", [swapped, sin_signed], "rope_sin")]
-    return b.op("Add", terms, "rope", outputs=[out] if out else 1)
-
-
-def _attention_bias(b: _Builder, query_index: str, key_range: str, key_mask: str, groups: int) -> str:
-    """Additive bias [B, 1, groups*Tq, S]: 0 where a query may attend a key, a large negative value elsewhere.
-
-    `query_index` holds absolute query indices ([Tq] or [B, Tq]), `key_range` is arange(S), `key_mask`
-    the bool attention mask [B, 1, S].
-    """
-    causal = b.op("LessOrEqual", [key_range, b.op("Unsqueeze", [query_index, b.const([-1])])], "causal")
-    allowed = b.op("And", [causal, key_mask], "allowed")  # [B, Tq, S]
+def _causal_bias(b: _Builder, query_index: str, key_range: str, groups: int) -> str:
+    """Additive bias [B, 1, groups*Tq, S]: 0 where key index <= query index ([B, Tq], absolute), else very negative."""
+    allowed = b.op("LessOrEqual", [key_range, b.op("Unsqueeze", [query_index, b.const([-1])])], "causal")
     allowed = b.op("Unsqueeze", [allowed, b.const([1])])
     bias = b.op("Where", [allowed, b.fconst(0.0), b.fconst(_MASK_VALUE[b.float_dtype])], "bias")
     return b.op("Tile", [bias, b.const([1, 1, groups, 1])], "bias_tiled") if groups > 1 else bias
 
 
-def _attention(b: _Builder, q: str, past_k: str, past_v: str, k: str, v: str, bias: str, arch: Mapping[str, Any],
-               split_sizes: str | None) -> str:
-    """GQA attention for queries q [B, Tq, H, D] over past + new keys (BSNH); returns [B, Tq, H*D].
+def _gqa_layer_attention(b: _Builder, qkv: str, layer: int, arch: Mapping[str, Any]) -> str:
+    """GroupQueryAttention over the layer's cache buffer, RoPE included: packed qkv [B, T, (H + 2 Hkv) * D] in,
+    [B, T, H*D] out."""
+    attn = b._name("attn")
+    b.contrib("GroupQueryAttention", [qkv, "", "", f"past_key.{layer}", f"past_value.{layer}", "seqlens_k",
+                                      "total_sequence_length", "rope_cos", "rope_sin"],
+              [attn, f"present_key.{layer}", f"present_value.{layer}"],
+              [["batch", "new_tokens", int(arch["num_heads"]) * int(arch["head_dim"])]],
+              num_heads=int(arch["num_heads"]), kv_num_heads=int(arch["num_kv_heads"]), scale=1.0, do_rotary=1,
+              rotary_interleaved=0)
+    return attn
 
-    Query heads are grouped per kv head ([B, Hkv, G*Tq, D]) so K/V are never repeated. With `split_sizes`
-    ([P, T]) the past and new keys are scored separately and only the score rows are concatenated;
-    otherwise K/V are concatenated first.
+
+def _last_layer_attention(b: _Builder, q: str, k: str, v: str, layer: int, arch: Mapping[str, Any],
+                          cache_pos: str, query_abs: str) -> str:
+    """Write k/v [B, T, Hkv*D] into the cache buffer at positions `cache_pos` [B, T], then attend the scored queries
+    q [B, K, H*D] (positions `query_abs` [B, K]) over the whole buffer; returns [B, K, H*D]. RoPE is applied here.
+
+    Query heads are grouped per kv head ([B, Hkv, G*K, D]) so K/V are never repeated.
     """
-    heads, kv_heads, head_dim = arch["num_heads"], arch["num_kv_heads"], arch["head_dim"]
+    heads, kv_heads, head_dim = int(arch["num_heads"]), int(arch["num_kv_heads"]), int(arch["head_dim"])
     groups = heads // kv_heads
+    q = b.contrib("RotaryEmbedding", [q, query_abs, "rope_cos", "rope_sin"], [b._name("q_rope")],
+                  [["batch", "num_scores", heads * head_dim]], interleaved=0, num_heads=heads)
+    k = b.contrib("RotaryEmbedding", [k, cache_pos, "rope_cos", "rope_sin"], [b._name("k_rope")],
+                  [["batch", "new_tokens", kv_heads * head_dim]], interleaved=0, num_heads=kv_heads)
+    k = b.op("Reshape", [k, b.const([0, 0, kv_heads, head_dim])], "k4")
+    v = b.op("Reshape", [v, b.const([0, 0, kv_heads, head_dim])], "v4")
+    cache_index = b.op("Unsqueeze", [cache_pos, b.const([1, 3])], "cache_index")  # [B, 1, T, 1]
     qg = b.op("Reshape", [q, b.const([0, 0, kv_heads, groups, head_dim])], "q_groups")
     qg = b.op("Transpose", [qg], "q_t", perm=[0, 2, 3, 1, 4])
-    qg = b.op("Reshape", [qg, b.const([0, kv_heads, -1, head_dim])], "q_flat")  # [B, Hkv, G*Tq, D]
-    if split_sizes is None:
-        keys = b.op("Concat", [past_k, k], "k_all", axis=1)
-        values = b.op("Concat", [past_v, v], "v_all", axis=1)
-        k_t = b.op("Transpose", [keys], "k_t", perm=[0, 2, 3, 1])  # [B, Hkv, D, S]
-        v_t = b.op("Transpose", [values], "v_t", perm=[0, 2, 1, 3])  # [B, Hkv, S, D]
-        scores = b.op("MatMul", [qg, k_t], "scores")
-        probs = b.op("Softmax", [b.op("Add", [scores, bias], "scores_masked")], "probs", axis=-1)
-        out = b.op("MatMul", [probs, v_t], "attn")
-    else:
-        kp_t = b.op("Transpose", [past_k], "kp_t", perm=[0, 2, 3, 1])
-        kn_t = b.op("Transpose", [k], "kn_t", perm=[0, 2, 3, 1])
-        vp_t = b.op("Transpose", [past_v], "vp_t", perm=[0, 2, 1, 3])
-        vn_t = b.op("Transpose", [v], "vn_t", perm=[0, 2, 1, 3])
-        scores = b.op("Concat", [b.op("MatMul", [qg, kp_t], "scores_past"), b.op("MatMul", [qg, kn_t], "scores_new")],
-                      "scores", axis=-1)
-        probs = b.op("Softmax", [b.op("Add", [scores, bias], "scores_masked")], "probs", axis=-1)
-        probs_p, probs_n = b.op("Split", [probs, split_sizes], "probs_split", outputs=2, axis=-1)
-        out = b.op("Add", [b.op("MatMul", [probs_p, vp_t], "attn_past"), b.op("MatMul", [probs_n, vn_t], "attn_new")],
-                   "attn")
+    qg = b.op("Reshape", [qg, b.const([0, kv_heads, -1, head_dim])], "q_flat")  # [B, Hkv, G*K, D]
+    k = b.op("Transpose", [k], "k_bnsh", perm=[0, 2, 1, 3])  # [B, Hkv, T, D]
+    v = b.op("Transpose", [v], "v_bnsh", perm=[0, 2, 1, 3])
+    index = b.op("Expand", [cache_index, b.op("Shape", [k], "shape_k")], "cache_index_full")  # [B, Hkv, T, D]
+    keys = b.op("ScatterElements", [f"past_key.{layer}", index, k], outputs=[f"present_key.{layer}"], axis=2)
+    values = b.op("ScatterElements", [f"past_value.{layer}", index, v], outputs=[f"present_value.{layer}"], axis=2)
+    capacity = b.op("Squeeze", [b.op("Shape", [keys], "shape_c", start=2, end=3), b.const([0])], "capacity")
+    key_range = b.op("Range", [b.const(0), capacity, b.const(1)], "key_range")
+    bias = _causal_bias(b, query_abs, key_range, groups)
+    scores = b.op("MatMul", [qg, b.op("Transpose", [keys], "k_t", perm=[0, 1, 3, 2])], "scores")  # -> FusedMatMul
+    probs = b.op("Softmax", [b.op("Add", [scores, bias], "scores_masked")], "probs", axis=-1)
+    out = b.op("MatMul", [probs, values], "attn")
     out = b.op("Reshape", [out, b.const([0, kv_heads, groups, -1, head_dim])], "attn_groups")
-    out = b.op("Transpose", [out], "attn_t", perm=[0, 3, 1, 2, 4])  # [B, Tq, Hkv, G, D]
+    out = b.op("Transpose", [out], "attn_t", perm=[0, 3, 1, 2, 4])  # [B, K, Hkv, G, D]
     return b.op("Reshape", [out, b.const([0, 0, heads * head_dim])], "attn_flat")
 
 
 def build_monitor_graph(weights: Mapping[str, np.ndarray], arch: Mapping[str, Any], *,
-                        float_dtype: str = "float32", split_attention: bool = False) -> onnx.ModelProto:
+                        float_dtype: str = "float32", max_positions: int = ROPE_POSITIONS) -> onnx.ModelProto:
     """Build the monitor graph (inputs/outputs per docs/architecture.md, "ONNX graph contract").
 
     `weights` are float arrays with HF names; `arch` has `ARCH_KEYS`. `float_dtype="float16"` gives the fp16
-    variant (fp16 weights, activations and KV; norm statistics and RoPE tables in float32; float32 logits).
-    `split_attention` scores past and new keys separately instead of concatenating K/V (slower on CPU in
-    our measurements, kept for comparison).
+    variant (fp16 weights, activations, KV and RoPE tables; norm statistics in float32; float32 logits).
+    `max_positions` sizes the RoPE tables (positions, i.e. cache indices, must stay below it; recorded as
+    `trajsafe.max_positions`, which the runtime checks against the package's context limit).
     """
     missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
@@ -173,87 +198,61 @@ def build_monitor_graph(weights: Mapping[str, np.ndarray], arch: Mapping[str, An
         raise ValueError(f"label_token_ids must list {NUM_LABELS} ids, got {len(label_ids)}")
     if heads % kv_heads:
         raise ValueError("num_heads must be a multiple of num_kv_heads")
-    groups, half = heads // kv_heads, head_dim // 2
+    if n_layers < 1:
+        raise ValueError("num_layers must be at least 1")
     scale = 1.0 / np.sqrt(head_dim)
+    embed = np.asarray(weights["model.embed_tokens.weight"], dtype=np.float32)
+    if hidden != embed.shape[1]:
+        raise ValueError(f"hidden_size {hidden} does not match the embedding width {embed.shape[1]}")
 
     def w(name: str) -> np.ndarray:
         return np.asarray(weights[name], dtype=np.float32)
 
-    kv_dims = ["batch", "past_tokens", kv_heads, head_dim]
+    cache_dims = ["batch", kv_heads, "capacity", head_dim]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "new_tokens"]),
-        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "new_tokens"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_tokens"]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
         helper.make_tensor_value_info("score_positions", TensorProto.INT64, ["batch", "num_scores"]),
     ]
-    for i in range(n_layers):
-        inputs.append(helper.make_tensor_value_info(f"past_key.{i}", b.onnx_dtype, kv_dims))
-        inputs.append(helper.make_tensor_value_info(f"past_value.{i}", b.onnx_dtype, kv_dims))
-    new_dims = ["batch", "new_tokens", kv_heads, head_dim]
     outputs = [helper.make_tensor_value_info("label_logits", TensorProto.FLOAT, ["batch", "num_scores", NUM_LABELS])]
     for i in range(n_layers):
-        outputs.append(helper.make_tensor_value_info(f"new_key.{i}", b.onnx_dtype, new_dims))
-        outputs.append(helper.make_tensor_value_info(f"new_value.{i}", b.onnx_dtype, new_dims))
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}.{i}", b.onnx_dtype, cache_dims))
+            outputs.append(helper.make_tensor_value_info(f"present_{kind}.{i}", b.onnx_dtype, cache_dims))
 
-    # Shapes: T new tokens, S = P + T keys.
+    # Cache positions of the new tokens (also their RoPE positions): P = seqlens_k + 1 - T, then P .. P+T-1.
     zero_d = b.const([0])
-    total = b.op("Squeeze", [b.op("Shape", ["attention_mask"], "shape_s", start=1, end=2), zero_d], "total")
     new = b.op("Squeeze", [b.op("Shape", ["input_ids"], "shape_t", start=1, end=2), zero_d], "new")
-    past = b.op("Sub", [total, new], "past")
-    one, zero = b.const(1), b.const(0)
-    key_range = b.op("Range", [zero, total, one], "key_range")  # [S]
-    key_mask = b.op("Unsqueeze", [b.op("Cast", ["attention_mask"], "mask_bool", to=TensorProto.BOOL), b.const([1])])
-    split_sizes = None
-    if split_attention:
-        split_sizes = b.op("Concat", [b.op("Unsqueeze", [past, zero_d]), b.op("Unsqueeze", [new, zero_d])],
-                           "split_sizes", axis=0)
-    bias = _attention_bias(b, b.op("Range", [past, total, one], "query_range"), key_range, key_mask, groups)
+    past = b.op("Sub", [b.op("Add", [b.op("Cast", ["seqlens_k"], "seqlens64", to=TensorProto.INT64), b.const(1)]),
+                        new], "past")
+    cache_pos = b.op("Add", [b.op("Unsqueeze", [past, b.const([-1])]),
+                             b.op("Range", [b.const(0), new, b.const(1)], "new_range")], "cache_pos")  # [B, T]
+    query_abs = b.op("GatherElements", [cache_pos, "score_positions"], "score_abs", axis=1)  # [B, K]
+    cos_cache, sin_cache = rope_tables(head_dim, arch["rope_theta"], max_positions)
+    b.init("rope_cos", cos_cache.astype(fdt))
+    b.init("rope_sin", sin_cache.astype(fdt))
 
-    # RoPE tables [B, T, 1, D] (computed in float32, like transformers).
-    pos = b.op("Unsqueeze", [b.op("Cast", ["position_ids"], "pos_f", to=TensorProto.FLOAT), b.const([-1])])
-    freqs = b.op("Mul", [pos, b.const(rope_inv_freq(head_dim, arch["rope_theta"]), np.float32)], "freqs")
-    cos = b.op("Cos", [b.op("Concat", [freqs, freqs], "emb", axis=-1)], "cos")
-    sin = b.op("Sin", [freqs], "sin")
-    sin_signed = b.op("Concat", [b.op("Neg", [sin], "neg_sin"), sin], "sin_signed", axis=-1)
-    if float_dtype != "float32":
-        cos = b.op("Cast", [cos], "cos_cast", to=b.onnx_dtype)
-        sin_signed = b.op("Cast", [sin_signed], "sin_cast", to=b.onnx_dtype)
-    cos = b.op("Unsqueeze", [cos, b.const([2])], "cos4")
-    sin_signed = b.op("Unsqueeze", [sin_signed, b.const([2])], "sin4")
-
-    embed = w("model.embed_tokens.weight")
     x = b.op("Gather", [b.init("embed_tokens", embed.astype(fdt)), "input_ids"], "embed", axis=0)
     score_idx = b.op("Unsqueeze", ["score_positions", b.const([-1])], "score_idx")  # [B, K, 1]
+    kv_size = kv_heads * head_dim
 
     for i in range(n_layers):
         p = f"model.layers.{i}."
-        last = i == n_layers - 1
         h = _rms_norm(b, x, w(p + "input_layernorm.weight"), eps, f"layers.{i}.input_norm")
         wq = w(p + "self_attn.q_proj.weight") * np.float32(scale)
         wk, wv = w(p + "self_attn.k_proj.weight"), w(p + "self_attn.v_proj.weight")
-        kv_size = kv_heads * head_dim
-        if last:  # keys/values for every token, queries only at score positions
+        if i == n_layers - 1:  # keys/values for every token, queries (and all that follows) only at score positions
             kv = b.op("MatMul", [h, b.init(f"layers.{i}.kv_proj", np.concatenate([wk, wv]).T.astype(fdt))], "kv")
             k, v = b.op("Split", [kv, b.const([kv_size, kv_size])], "kv_split", outputs=2, axis=-1)
             h_q = b.op("GatherND", [h, score_idx], "h_scores", batch_dims=1)
             q = b.op("MatMul", [h_q, b.init(f"layers.{i}.q_proj", wq.T.astype(fdt))], "q")
-            q_cos = b.op("GatherND", [cos, score_idx], "cos_scores", batch_dims=1)
-            q_sin = b.op("GatherND", [sin_signed, score_idx], "sin_scores", batch_dims=1)
             x = b.op("GatherND", [x, score_idx], "x_scores", batch_dims=1)
-            q_bias = _attention_bias(b, b.op("Add", ["score_positions", past], "score_abs"), key_range, key_mask,
-                                     groups)
+            attn = _last_layer_attention(b, q, k, v, i, arch, cache_pos, query_abs)
         else:
             qkv = b.op("MatMul", [h, b.init(f"layers.{i}.qkv_proj", np.concatenate([wq, wk, wv]).T.astype(fdt))],
                        "qkv")
-            q, k, v = b.op("Split", [qkv, b.const([heads * head_dim, kv_size, kv_size])], "qkv_split", outputs=3,
-                           axis=-1)
-            q_cos, q_sin, q_bias = cos, sin_signed, bias
-        q = b.op("Reshape", [q, b.const([0, 0, heads, head_dim])], "q4")
-        q = _rope(b, q, q_cos, q_sin, half, head_dim)
-        k = b.op("Reshape", [k, b.const([0, 0, kv_heads, head_dim])], "k4")
-        k = _rope(b, k, cos, sin_signed, half, head_dim, out=f"new_key.{i}")
-        v = b.op("Reshape", [v, b.const([0, 0, kv_heads, head_dim])], outputs=[f"new_value.{i}"])
-        attn = _attention(b, q, f"past_key.{i}", f"past_value.{i}", k, v, q_bias, arch, split_sizes)
+            attn = _gqa_layer_attention(b, qkv, i, arch)
         x = b.op("Add", [x, b.op("MatMul", [attn, b.init(f"layers.{i}.o_proj", w(p + "self_attn.o_proj.weight").T
                                                           .astype(fdt))], "o_proj")], "resid_attn")
         h = _rms_norm(b, x, w(p + "post_attention_layernorm.weight"), eps, f"layers.{i}.post_norm")
@@ -266,31 +265,31 @@ def build_monitor_graph(weights: Mapping[str, np.ndarray], arch: Mapping[str, An
                     "down_proj")
         x = b.op("Add", [x, down], "resid_mlp")
 
-    if n_layers == 0:
-        x = b.op("GatherND", [x, score_idx], "x_scores", batch_dims=1)
     h = _rms_norm(b, x, w("model.norm.weight"), eps, "final_norm")
     head = embed[label_ids].T.astype(fdt)  # tied embeddings, label rows only: [hidden, 20]
     logits = b.op("MatMul", [h, b.init("label_head", head)], "label_head")
     b.op("Cast", [logits], outputs=["label_logits"], to=TensorProto.FLOAT)
 
-    graph = helper.make_graph(b.nodes, "trajsafe_monitor", inputs, outputs, initializer=b.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="trajsafe_sdk")
+    graph = helper.make_graph(b.nodes, "trajsafe_monitor", inputs, outputs, initializer=b.initializers,
+                              value_info=b.value_info)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="trajsafe_sdk")
     model.ir_version = 8
     arch_json = {k: arch[k] for k in ARCH_KEYS}
     arch_json["label_token_ids"] = label_ids
     helper.set_model_props(model, {"trajsafe.architecture": json.dumps(arch_json), "trajsafe.float_dtype": float_dtype,
-                                   "trajsafe.kv_layout": "BSNH"})
-    if hidden != embed.shape[1]:
-        raise ValueError(f"hidden_size {hidden} does not match the embedding width {embed.shape[1]}")
+                                   "trajsafe.kv_layout": KV_LAYOUT, "trajsafe.max_positions": str(max_positions)})
     return model
 
 
-def empty_past(arch: Mapping[str, Any], batch: int, float_dtype: str = "float32") -> dict[str, np.ndarray]:
-    """Zero-length `past_key.{i}` / `past_value.{i}` feeds (P = 0) for an architecture dict."""
-    shape = (batch, 0, int(arch["num_kv_heads"]), int(arch["head_dim"]))
+def empty_past(arch: Mapping[str, Any], batch: int, capacity: int, float_dtype: str = "float32"
+               ) -> dict[str, np.ndarray]:
+    """Zeroed cache buffers `past_key.{i}` / `past_value.{i}` [batch, Hkv, capacity, D] holding no tokens yet.
+
+    `capacity` must be at least the total length of the run (past + new tokens).
+    """
+    shape = (batch, int(arch["num_kv_heads"]), capacity, int(arch["head_dim"]))
     dtype = _DTYPES[float_dtype][0]
-    feeds = {}
-    for i in range(int(arch["num_layers"])):
-        feeds[f"past_key.{i}"] = np.zeros(shape, dtype)
-        feeds[f"past_value.{i}"] = np.zeros(shape, dtype)
-    return feeds
+    return {f"past_{kind}.{i}": np.zeros(shape, dtype) for i in range(int(arch["num_layers"]))
+            for kind in ("key", "value")}

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import build_monitor_graph
+from .graph import ROPE_POSITIONS, build_monitor_graph
 
 # Ops that `quantize_int8` turns into int8 (the label head and the embedding Gather stay float32).
 INT8_EXCLUDED = ("label_head",)
@@ -47,9 +47,12 @@ def _weights_from_model(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], 
 
 
 def to_fp16(model_fp32: onnx.ModelProto) -> onnx.ModelProto:
-    """The fp16 variant (weights, activations and KV in float16; norms, RoPE tables and `label_logits` in float32)."""
+    """The fp16 variant (weights, activations, KV and RoPE tables in float16; norm statistics and `label_logits` in
+    float32)."""
     weights, arch = _weights_from_model(model_fp32)
-    return build_monitor_graph(weights, arch, float_dtype="float16")
+    props = {p.key: p.value for p in model_fp32.metadata_props}
+    return build_monitor_graph(weights, arch, float_dtype="float16",
+                               max_positions=int(props.get("trajsafe.max_positions", ROPE_POSITIONS)))
 
 
 class _DropPreprocessHint(logging.Filter):

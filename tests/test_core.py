@@ -298,6 +298,14 @@ def test_corrupted_onnx_and_wrong_checksum(tiny_package: Path, tmp_path: Path) -
         Monitor.load(tiny_package, provider="cpu", variant="int4")
 
 
+def test_context_limit_beyond_the_rope_tables_is_refused(tiny_package: Path, tmp_path: Path) -> None:
+    pkg = _copy(tiny_package, tmp_path)
+    manifest = json.loads((pkg / "monitor.json").read_text())
+    (pkg / "monitor.json").write_text(json.dumps({**manifest, "context_limit": 5000}))
+    with pytest.raises(PackageError, match="RoPE tables"):
+        Monitor.load(pkg, provider="cpu", variant="fp32")
+
+
 def test_tokenizer_mismatch(tiny_package: Path, tmp_path: Path) -> None:
     pkg = _copy(tiny_package, tmp_path)
     manifest = json.loads((pkg / "monitor.json").read_text())

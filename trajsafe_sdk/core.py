@@ -1,8 +1,8 @@
 """The inference core: a monitor on ONNX Runtime and KV-cached trajectory sessions.
 
-A `TrajectorySession` keeps one conversation's key/value cache in preallocated buffers (layout BSNH, grown by
-doubling, never concatenated per turn). Each new message costs only its own tokens: the graph takes the cached
-prefix as `past_*` and returns keys/values of the new tokens only, which are written in place after the prefix.
+A `TrajectorySession` keeps one conversation's key/value cache in preallocated buffers (layout BNSH, grown by
+doubling, never concatenated per turn). Each new message costs only its own tokens: the graph takes the buffers
+whole and writes the new tokens' keys/values in place after the cached prefix (`present_*` bound to `past_*`).
 
 Context overflow policy: when a conversation no longer fits `context_limit`, the session re-encodes once a window
 made of the leading system message(s) plus the most recent messages that fit in `window_fraction` of the context
@@ -50,6 +50,13 @@ class Assessment:
         return CATEGORIES[int(np.argmax(self.category_scores))]
 
 
+def length_feeds(past_lengths: Sequence[int], new_tokens: int) -> dict[str, np.ndarray]:
+    """`seqlens_k` (P + T - 1 per row) and `total_sequence_length` (max P + T) for rows with past lengths P."""
+    past = np.asarray(past_lengths, np.int32).reshape(-1)
+    return {"seqlens_k": (past + np.int32(new_tokens - 1)).astype(np.int32),
+            "total_sequence_length": np.array(int(past.max(initial=0)) + new_tokens, np.int32)}
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -65,11 +72,17 @@ def split_label_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 class KVCache:
-    """Per-layer key and value buffers [1, capacity, Hkv, D] holding `length` valid positions."""
+    """Per-layer key and value buffers [1, Hkv, capacity, D] (BNSH) holding `length` valid positions.
+
+    The graph takes each buffer whole and writes the new tokens' keys/values after the prefix in place (its
+    `present_*` outputs are bound to the same memory), so a turn never copies the cached prefix. Buffers are zeroed
+    when allocated: the graph's last layer reads the unused capacity under a zero-weight mask, which needs finite
+    values. `read`/`write` exchange token-major arrays [n, Hkv, D].
+    """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: type, capacity: int = 128,
                  max_capacity: int | None = None) -> None:
-        self.shape_tail = (num_kv_heads, head_dim)
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.max_capacity = max_capacity  # growth stops at the context limit (a request past it is still honoured)
         self.num_layers = num_layers
         self.dtype = dtype
@@ -80,14 +93,15 @@ class KVCache:
 
     def _allocate(self, capacity: int) -> None:
         old_k, old_v, n = self.keys, self.values, self.length
-        self.keys = [np.empty((1, capacity, *self.shape_tail), self.dtype) for _ in range(self.num_layers)]
-        self.values = [np.empty((1, capacity, *self.shape_tail), self.dtype) for _ in range(self.num_layers)]
+        shape = (1, self.num_kv_heads, capacity, self.head_dim)
+        self.keys = [np.zeros(shape, self.dtype) for _ in range(self.num_layers)]
+        self.values = [np.zeros(shape, self.dtype) for _ in range(self.num_layers)]
         for new, old in zip(self.keys + self.values, old_k + old_v, strict=False):
-            new[:, :n] = old[:, :n]
+            new[:, :, :n] = old[:, :, :n]
 
     @property
     def capacity(self) -> int:
-        return self.keys[0].shape[1] if self.keys else 0
+        return self.keys[0].shape[2] if self.keys else 0
 
     @property
     def nbytes(self) -> int:
@@ -108,21 +122,21 @@ class KVCache:
         """Free the buffers (the owner re-feeds its transcript before the next use)."""
         self.keys, self.values, self.length = [], [], 0
 
-    def bind(self, binding: ort.IOBinding, layer: int, t: int) -> None:
-        """Bind the cached prefix as `past_*` and the slot after it as `new_*` (in place, no copy)."""
-        past = self.length
+    def bind(self, binding: ort.IOBinding, layer: int) -> None:
+        """Bind the whole buffers as `past_*` and as `present_*` (same memory: the graph updates them in place)."""
         for kind, buffers in (("key", self.keys), ("value", self.values)):
             buf = buffers[layer]
-            binding.bind_cpu_input(f"past_{kind}.{layer}", buf[:, :past])
-            out = buf[:, past:past + t]  # contiguous for a batch of one
-            binding.bind_output(f"new_{kind}.{layer}", "cpu", 0, buf.dtype, list(out.shape), out.ctypes.data)
+            binding.bind_cpu_input(f"past_{kind}.{layer}", buf)
+            binding.bind_output(f"present_{kind}.{layer}", "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
 
     def read(self, layer: int, kind: str) -> np.ndarray:
-        """Host copy of the valid prefix [length, Hkv, D] (batched runs, forks)."""
-        return (self.keys if kind == "key" else self.values)[layer][0, : self.length]
+        """The valid prefix [length, Hkv, D] (a view; batched runs and forks copy it)."""
+        return (self.keys if kind == "key" else self.values)[layer][0, :, : self.length].transpose(1, 0, 2)
 
     def write(self, layer: int, kind: str, start: int, values: np.ndarray) -> None:
-        (self.keys if kind == "key" else self.values)[layer][0, start : start + len(values)] = values
+        """Store `values` [n, Hkv, D] at positions start .. start+n-1."""
+        buf = (self.keys if kind == "key" else self.values)[layer]
+        buf[0, :, start : start + len(values)] = np.asarray(values).transpose(1, 0, 2)
 
 
 class DeviceKVCache(KVCache):
@@ -137,10 +151,9 @@ class DeviceKVCache(KVCache):
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, capacity)
 
     def _allocate(self, capacity: int) -> None:
-        shape = [1, capacity, *self.shape_tail]
-        self.keys = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, "cuda", self.device_id)
-                     for _ in range(self.num_layers)]
-        self.values = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, "cuda", self.device_id)
+        zeros = np.zeros((1, self.num_kv_heads, capacity, self.head_dim), self.dtype)  # finite (see KVCache)
+        self.keys = [ort.OrtValue.ortvalue_from_numpy(zeros, "cuda", self.device_id) for _ in range(self.num_layers)]
+        self.values = [ort.OrtValue.ortvalue_from_numpy(zeros, "cuda", self.device_id)
                        for _ in range(self.num_layers)]
         self._capacity = capacity
 
@@ -150,29 +163,26 @@ class DeviceKVCache(KVCache):
 
     @property
     def nbytes(self) -> int:
-        row = int(np.prod(self.shape_tail)) * np.dtype(self.dtype).itemsize
-        return 2 * self.num_layers * self.capacity * row
+        return 2 * self.num_layers * self.capacity * self.num_kv_heads * self.head_dim * np.dtype(self.dtype).itemsize
 
     def reserve(self, total: int) -> None:
         if total > self.capacity:
             raise MonitorError(f"device KV cache full ({self.capacity} positions); the session re-windows first")
 
-    def bind(self, binding: ort.IOBinding, layer: int, t: int) -> None:
-        row = int(np.prod(self.shape_tail)) * np.dtype(self.dtype).itemsize
-        shape_past, shape_new = [1, self.length, *self.shape_tail], [1, t, *self.shape_tail]
+    def bind(self, binding: ort.IOBinding, layer: int) -> None:
+        shape = [1, self.num_kv_heads, self.capacity, self.head_dim]
         for kind, buffers in (("key", self.keys), ("value", self.values)):
-            base = buffers[layer].data_ptr()
-            binding.bind_input(f"past_{kind}.{layer}", "cuda", self.device_id, self.dtype, shape_past, base)
-            binding.bind_output(f"new_{kind}.{layer}", "cuda", self.device_id, self.dtype, shape_new,
-                                base + self.length * row)
+            ptr = buffers[layer].data_ptr()
+            binding.bind_input(f"past_{kind}.{layer}", "cuda", self.device_id, self.dtype, shape, ptr)
+            binding.bind_output(f"present_{kind}.{layer}", "cuda", self.device_id, self.dtype, shape, ptr)
 
     def read(self, layer: int, kind: str) -> np.ndarray:
-        return (self.keys if kind == "key" else self.values)[layer].numpy()[0, : self.length]
+        return (self.keys if kind == "key" else self.values)[layer].numpy()[0, :, : self.length].transpose(1, 0, 2)
 
     def write(self, layer: int, kind: str, start: int, values: np.ndarray) -> None:
         buffers = self.keys if kind == "key" else self.values
         host = buffers[layer].numpy()
-        host[0, start : start + len(values)] = values
+        host[0, :, start : start + len(values)] = np.asarray(values).transpose(1, 0, 2)
         buffers[layer].update_inplace(host)
 
 
@@ -214,11 +224,18 @@ class Monitor:
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.ort_session.get_inputs()}
-        expected = {"input_ids", "position_ids", "attention_mask", "score_positions"}
+        expected = {"input_ids", "seqlens_k", "total_sequence_length", "score_positions"}
         expected |= {f"past_{kind}.{i}" for i in range(self.num_layers) for kind in ("key", "value")}
         if inputs != expected:
+            hint = " (a package exported before the in-place BNSH cache: re-export it)" \
+                if "attention_mask" in inputs else ""
             raise PackageError(f"{self.package.path}: ONNX inputs {sorted(inputs)} do not match the graph contract "
-                               f"(expected {sorted(expected)}) for {self.num_layers} layers")
+                               f"(expected {sorted(expected)}) for {self.num_layers} layers{hint}")
+        meta = self.ort_session.get_modelmeta().custom_metadata_map
+        self.max_positions = int(meta.get("trajsafe.max_positions", 0)) or None
+        if self.max_positions and self.context_limit > self.max_positions:
+            raise PackageError(f"{self.package.path}: context_limit {self.context_limit} exceeds the graph's RoPE "
+                               f"tables ({self.max_positions} positions)")
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -240,74 +257,70 @@ class Monitor:
         """Feed `new_ids[b]` after `caches[b]` for a batch; write new keys/values into the caches.
 
         Returns, per row, the label logits [K_b, 20] at `score_positions[b]` (indices into the new tokens).
+        Rows are run in one batch only when no cache holds a prefix yet (first reads): the graph's attention
+        (GroupQueryAttention) takes a batch of several new tokens after a past only one row at a time, and a row
+        run on its own updates its cache in place.
         """
-        if len(caches) == 1:
-            return [self._run_single(caches[0], new_ids[0], score_positions[0])]
-        if any(isinstance(c, DeviceKVCache) for c in caches):  # device caches are not gathered through the host
-            return [self._run_single(c, x, p) for c, x, p in zip(caches, new_ids, score_positions, strict=True)]
-        return self._run_batch(caches, new_ids, score_positions)
+        if len(caches) > 1 and not any(c.length for c in caches) \
+                and not any(isinstance(c, DeviceKVCache) for c in caches):  # device caches stay on the device
+            return self._run_batch(caches, new_ids, score_positions)
+        return [self._run_single(c, x, p) for c, x, p in zip(caches, new_ids, score_positions, strict=True)]
 
     def _run_single(self, cache: KVCache, ids: np.ndarray, positions: Sequence[int]) -> np.ndarray:
         past, t = cache.length, len(ids)
+        if self.max_positions and past + t > self.max_positions:
+            raise MonitorError(f"{past + t} positions exceed the graph's RoPE tables ({self.max_positions})")
         cache.reserve(past + t)
         k = max(1, len(positions))
         feeds: dict[str, Any] = {
             "input_ids": ids.reshape(1, t),
-            "position_ids": np.arange(past, past + t, dtype=np.int64).reshape(1, t),
-            "attention_mask": np.ones((1, past + t), np.int64),
             "score_positions": np.asarray(list(positions) or [t - 1], np.int64).reshape(1, k),
+            **length_feeds([past], t),
         }
         binding = self.ort_session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         for i in range(self.num_layers):
-            cache.bind(binding, i, t)
+            cache.bind(binding, i)
         binding.bind_output("label_logits", "cpu")
         try:
             self.ort_session.run_with_iobinding(binding)
         except Exception as exc:
             raise MonitorError(f"onnxruntime failed while scoring ({self.provider}): {exc}") from exc
         cache.length = past + t
-        logits = binding.get_outputs()[-1].numpy()[0]
+        logits = binding.get_outputs()[-1].numpy()[0]  # bound last
         return logits[: len(positions)]
 
     def _run_batch(self, caches: Sequence[KVCache], new_ids: Sequence[np.ndarray],
                    score_positions: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """First reads of several empty caches in one run (new tokens right-padded; padding comes after each row's
+        tokens, so causal attention never lets a real token see it)."""
         b = len(caches)
-        pasts = [c.length for c in caches]
         lens = [len(x) for x in new_ids]
-        p_max, t_max = max(pasts), max(lens)
+        t_max = max(lens)
         k_max = max(1, max(len(p) for p in score_positions))
         ids = np.zeros((b, t_max), np.int64)
-        pos = np.zeros((b, t_max), np.int64)
-        mask = np.zeros((b, p_max + t_max), np.int64)
         spos = np.zeros((b, k_max), np.int64)
-        for r, (x, p, sp) in enumerate(zip(new_ids, pasts, score_positions, strict=True)):
+        for r, (x, sp) in enumerate(zip(new_ids, score_positions, strict=True)):
             ids[r, : len(x)] = x
-            pos[r] = np.arange(p, p + t_max)
-            mask[r, :p] = 1
-            mask[r, p_max : p_max + len(x)] = 1
             spos[r, : len(sp)] = sp
-        feeds: dict[str, np.ndarray] = {"input_ids": ids, "position_ids": pos, "attention_mask": mask,
-                                        "score_positions": spos}
+        feeds: dict[str, np.ndarray] = {"input_ids": ids, "score_positions": spos,
+                                        **length_feeds([0] * b, t_max)}
+        shape = (b, self.num_kv_heads, t_max, self.head_dim)
         for i in range(self.num_layers):
             for kind in ("key", "value"):
-                past = np.zeros((b, p_max, self.num_kv_heads, self.head_dim), self.kv_dtype)
-                for r, c in enumerate(caches):
-                    if c.length:
-                        past[r, : c.length] = c.read(i, kind)
-                feeds[f"past_{kind}.{i}"] = past
+                feeds[f"past_{kind}.{i}"] = np.zeros(shape, self.kv_dtype)
         try:
             outputs = self.ort_session.run(None, feeds)
         except Exception as exc:
             raise MonitorError(f"onnxruntime failed while scoring a batch ({self.provider}): {exc}") from exc
         named = dict(zip([o.name for o in self.ort_session.get_outputs()], outputs, strict=True))
         for r, (c, t) in enumerate(zip(caches, lens, strict=True)):
-            c.reserve(c.length + t)
+            c.reserve(t)
             for i in range(self.num_layers):
-                c.write(i, "key", c.length, named[f"new_key.{i}"][r, :t])
-                c.write(i, "value", c.length, named[f"new_value.{i}"][r, :t])
-            c.length += t
+                for kind in ("key", "value"):
+                    c.write(i, kind, 0, named[f"present_{kind}.{i}"][r, :, :t].transpose(1, 0, 2))
+            c.length = t
         return [named["label_logits"][r, : len(sp)] for r, sp in enumerate(score_positions)]
 
     # -- convenience ---------------------------------------------------------------------------------------------

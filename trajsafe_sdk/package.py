@@ -192,7 +192,7 @@ def write_package(
         "layout": default_layout(max_message_tokens),
         "context_limit": context_limit,
         "architecture": architecture,
-        "kv": {"layout": "BSNH", "num_layers": architecture["num_layers"],
+        "kv": {"layout": "BNSH", "num_layers": architecture["num_layers"],
                "num_kv_heads": architecture["num_kv_heads"], "head_dim": architecture["head_dim"]},
         "files": files,
         "default_variant": default_variant or {},

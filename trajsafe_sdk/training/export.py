@@ -18,8 +18,6 @@ from ..package import write_package
 from . import model as M
 from .train import predict_conversations
 
-KV_NP = {"float32": np.float32, "float16": np.float16}
-
 
 def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
@@ -65,18 +63,12 @@ def kv_dtype_of(session: Any) -> str:
     return "float32"
 
 
-def _empty_past(arch: dict[str, Any], batch: int, kv: str) -> dict[str, np.ndarray]:
-    shape = (batch, 0, int(arch["num_kv_heads"]), int(arch["head_dim"]))
-    feeds = {}
-    for i in range(int(arch["num_layers"])):
-        feeds[f"past_key.{i}"] = np.zeros(shape, KV_NP[kv])
-        feeds[f"past_value.{i}"] = np.zeros(shape, KV_NP[kv])
-    return feeds
-
-
 def ort_predict(session: Any, encoder: MessageEncoder, arch: dict[str, Any], convs: list[list[Message]],
                 max_len: int = 2048, tokens_per_batch: int = 16384) -> list[np.ndarray]:
     """Label logits `[n_assessed, 20]` per conversation from an ORT session, whole conversation in one feed."""
+    from trajsafe_sdk.core import length_feeds
+    from trajsafe_sdk.kernels.graph import empty_past
+
     kv = kv_dtype_of(session)
     enc = []
     for msgs in convs:
@@ -92,17 +84,14 @@ def ort_predict(session: Any, encoder: MessageEncoder, arch: dict[str, Any], con
         chunk = order[i:j]
         t = max(len(enc[k][0]) for k in chunk)
         kmax = max(1, max(len(enc[k][1]) for k in chunk))
-        ids = np.zeros((len(chunk), t), np.int64)
-        mask = np.zeros((len(chunk), t), np.int64)
+        ids = np.zeros((len(chunk), t), np.int64)  # right padding: causal attention keeps it out of real tokens
         score = np.zeros((len(chunk), kmax), np.int64)
         for b, k in enumerate(chunk):
             e_ids, e_pos = enc[k]
             ids[b, :len(e_ids)] = e_ids
-            mask[b, :len(e_ids)] = 1
             score[b, :len(e_pos)] = e_pos
-        pos_ids = np.tile(np.arange(t, dtype=np.int64), (len(chunk), 1))
-        feeds = {"input_ids": ids, "position_ids": pos_ids, "attention_mask": mask, "score_positions": score,
-                 **_empty_past(arch, len(chunk), kv)}
+        feeds = {"input_ids": ids, "score_positions": score,
+                 **length_feeds([0] * len(chunk), t), **empty_past(arch, len(chunk), t, kv)}
         logits = session.run(["label_logits"], feeds)[0]
         for b, k in enumerate(chunk):
             out[k] = logits[b, :len(enc[k][1])].astype(np.float32)
@@ -112,25 +101,26 @@ def ort_predict(session: Any, encoder: MessageEncoder, arch: dict[str, Any], con
 
 def ort_incremental(session: Any, encoder: MessageEncoder, arch: dict[str, Any], msgs: list[Message]) -> np.ndarray:
     """Label logits of one conversation fed message by message with the KV cache (the runtime's path)."""
+    from trajsafe_sdk.core import length_feeds
+    from trajsafe_sdk.kernels.graph import empty_past
+
     kv = kv_dtype_of(session)
     n_layers = int(arch["num_layers"])
-    past = _empty_past(arch, 1, kv)
-    rows = []
     chunks = [np.asarray([encoder.bos_id], np.int64)] + [encoder.encode_message(m) for m in msgs]
+    past = empty_past(arch, 1, sum(len(c) for c in chunks), kv)  # capacity for the whole conversation
+    rows = []
     p = 0
+    names = ["label_logits"] + [f"present_{kv_}.{i}" for i in range(n_layers) for kv_ in ("key", "value")]
     for k, chunk in enumerate(chunks):
         t = len(chunk)
         score = np.flatnonzero(chunk == encoder.assess_id)
-        feeds = {"input_ids": chunk[None], "position_ids": np.arange(p, p + t, dtype=np.int64)[None],
-                 "attention_mask": np.ones((1, p + t), np.int64),
-                 "score_positions": (score if len(score) else np.zeros(1, np.int64))[None].astype(np.int64), **past}
-        names = ["label_logits"] + [f"new_{kv_}.{i}" for i in range(n_layers) for kv_ in ("key", "value")]
+        feeds = {"input_ids": chunk[None],
+                 "score_positions": (score if len(score) else np.zeros(1, np.int64))[None].astype(np.int64),
+                 **length_feeds([p], t), **past}
         res = dict(zip(names, session.run(names, feeds), strict=True))
         if len(score) and k > 0:
             rows.append(res["label_logits"][0, :len(score)])
-        for i in range(n_layers):
-            for kv_ in ("key", "value"):
-                past[f"past_{kv_}.{i}"] = np.concatenate([past[f"past_{kv_}.{i}"], res[f"new_{kv_}.{i}"]], axis=1)
+        past = {f"past_{kv_}.{i}": res[f"present_{kv_}.{i}"] for i in range(n_layers) for kv_ in ("key", "value")}
         p += t
     return np.concatenate(rows) if rows else np.zeros((0, 20), np.float32)
 
