@@ -68,7 +68,7 @@ class TrainConfig:
     aug_prob: float = 0.5
     val_frac: float = 0.08
     target_friction: float = 0.05
-    target_over_refusal: float = 0.02
+    target_over_refusal: float = 0.0075  # refusals are what benign users mind most: well under the 0.03 budget
     distill_weight: float = 0.0  # all-MiniLM-L6-v2 embedding of each user message, regressed from <|end|>; 0: off
     distill_max_tokens: int = 48
     threads: int = 2
