@@ -32,6 +32,9 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # A trained monitor's peaked attention underflows exp() into denormals, which x86 handles ~100x slower: flushing
+    # them to zero took 20% off a turn after a 2k-token prefix (values below 1e-38 change no score).
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     return opts
 
 
