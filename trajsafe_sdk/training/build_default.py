@@ -151,8 +151,8 @@ is kept here. Anyone can rebuild the package from the same folders with the comm
   (whole build {info.get('build_wall_minutes') or info['wall_minutes']:.1f} min)
 - loss: cross-entropy over the action and the category, soft cross-entropy over the risk pair, and an auxiliary
   next-token language-model loss (weight {info['cfg']['lm_weight']}) at every assessment point / token{distill}; AdamW,
-  warm-up + cosine over a wall-clock budget; augmentations: random system prompts, casing/punctuation noise,
-  truncation at a user turn; sequences capped at {info['cfg']['max_len']} tokens.
+  warm-up + cosine over a fixed number of steps (bf16 autocast where the CPU has AMX); augmentations: random system
+  prompts, casing/punctuation noise, truncation at a user turn; sequences capped at {info['cfg']['max_len']} tokens.
 - tokenizer: byte-level BPE ({info['arch']['vocab_size']} tokens) trained on the training split.
 - policy thresholds (severity ladder over cumulative action probabilities), fitted on a validation slice held out of
   the training split (not the dev split) for friction ≤ {info['cfg']['target_friction']} and over-refusal ≤
