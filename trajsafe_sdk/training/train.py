@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from ..core import Assessment
 from ..labels import ACTIONS, CATEGORIES
 from ..layout import MessageEncoder, default_layout, train_tokenizer
 from ..messages import Message
+from ..policy import Policy
 from . import model as M
 from .metrics import breakdown, conversation_metrics
 
@@ -313,35 +315,11 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def ladder(action_probs: np.ndarray, thresholds: dict[str, float], risks: np.ndarray | None = None) -> list[str]:
-    """Severity ladder (docs/architecture.md "Policy") with the risk probe and sticky `terminate`, per row."""
-    cum = np.cumsum(action_probs[:, ::-1], axis=1)[:, ::-1]  # P(action >= a)
-    out, terminated = [], False
-    for i, row in enumerate(cum):
-        chosen = "allow"
-        for a in range(N_ACT - 1, 0, -1):
-            if row[a] >= thresholds[ACTIONS[a]]:
-                chosen = ACTIONS[a]
-                break
-        if chosen == "allow" and risks is not None and risks[i] >= thresholds.get("probe_risk", 1.1):
-            chosen = "probe"
-        if terminated:
-            chosen = "terminate"
-        terminated = terminated or chosen == "terminate"
-        out.append(chosen)
-    return out
-
-
 def runtime_actions(logits: np.ndarray, thresholds: dict[str, float]) -> list[str]:
-    """Per user turn actions exactly as the runtime decides them (`trajsafe_sdk.policy.Policy`: ladder, sticky
-    terminate, probe de-escalation); falls back to `ladder` if the runtime policy is unavailable."""
+    """Per user turn actions exactly as the runtime decides them (`trajsafe_sdk.policy.Policy`: ladder, risk
+    probe, sticky terminate, probe de-escalation) from label logits `[n_user_turns, 20]`."""
     probs = softmax(logits[:, :N_ACT].astype(np.float64))
     risk = softmax(logits[:, N_ACT + N_CAT:].astype(np.float64))[:, 1]
-    try:
-        from ..core import Assessment
-        from ..policy import Policy
-    except ImportError:
-        return ladder(probs, thresholds, risk)
     policy = Policy.from_package(thresholds)
     cats = softmax(logits[:, N_ACT:N_ACT + N_CAT].astype(np.float64))
     state: dict[str, Any] = {}
@@ -466,16 +444,15 @@ def split_validation(records: list[dict[str, Any]], frac: float, seed: int
 def fit_policy_on_validation(model: torch.nn.Module, encoder: MessageEncoder, val_records: list[dict[str, Any]],
                              cfg: TrainConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Policy thresholds fitted on the validation slice of TRAIN, and the slice's metrics under them."""
-    val_probs, val_risks, labels = [], [], []
+    user_logits = []
     logits = predict_conversations(model, encoder, [record_messages(r) for r in val_records])
     for r, lg in zip(val_records, logits, strict=True):
-        rows = user_rows(record_messages(r), encoder, len(lg))
-        val_probs.append(softmax(lg[rows, :N_ACT]) if rows else np.zeros((0, N_ACT)))
-        val_risks.append(softmax(lg[rows, N_ACT + N_CAT:])[:, 1] if rows else np.zeros(0))
-        labels.append(r["label"])
-    policy = fit_policy(val_probs, labels, cfg.target_friction, cfg.target_over_refusal, val_risks)
-    val_items = [{"label": lab, "actions": ladder(p, policy, rk)}
-                 for lab, p, rk in zip(labels, val_probs, val_risks, strict=True)]
+        user_logits.append(lg[user_rows(record_messages(r), encoder, len(lg))])
+    labels = [r["label"] for r in val_records]
+    policy = fit_policy([softmax(lg[:, :N_ACT]) for lg in user_logits], labels, cfg.target_friction,
+                        cfg.target_over_refusal, [softmax(lg[:, N_ACT + N_CAT:])[:, 1] for lg in user_logits])
+    val_items = [{"label": lab, "actions": runtime_actions(lg, policy) if len(lg) else []}
+                 for lab, lg in zip(labels, user_logits, strict=True)]
     return policy, conversation_metrics(val_items)
 
 
