@@ -17,13 +17,11 @@ METHODS = ["ours:fp32", "ours:int8", "ours:fp16", "reencode:fp32", "reencode:int
 def _time_turn(benchmark, models, gemm_rates, method_by_key, key: str, turn: int, new_tokens: int) -> None:
     method = method_by_key(key)
     prefix, new = turn_token_ids(models.arch, turn, new_tokens)
-    run, reset = method.prepare(prefix, new)
-    past = len(prefix)
-    try:  # one untimed run: a point past what the method can read (e.g. its RoPE tables) is skipped, not failed
-        reset()
-        run()
-    except MonitorError as exc:
+    try:
+        run, reset = method.prepare_checked(prefix, new)
+    except MonitorError as exc:  # e.g. past the package's RoPE tables: skipped, as in `trajsafe bench`
         pytest.skip(f"{method.label} cannot score this point: {exc}")
+    past = len(prefix)
     heavy = method.kind == "reencode" and past >= 1000 or method.kind == "peer" and past >= 2000
     benchmark.group = f"turn {turn:>2}, {new_tokens:>3} new tokens (past {past})"
     flops = turn_flops(models.arch, 0 if method.kind == "reencode" else past,

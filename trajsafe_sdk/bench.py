@@ -323,6 +323,14 @@ class Method:
     def prepare(self, prefix: np.ndarray, new: np.ndarray) -> tuple[Run, Run]:
         raise NotImplementedError
 
+    def prepare_checked(self, prefix: np.ndarray, new: np.ndarray) -> tuple[Run, Run]:
+        """`prepare`, then one untimed run: a point the method cannot score (past its RoPE tables, a device cache
+        smaller than the turn, ...) raises here instead of inside the timing loop."""
+        run, reset = self.prepare(prefix, new)
+        run()
+        reset()
+        return run, reset
+
 
 class OursCached(Method):
     """Our monitor with its KV cache: only the new tokens are read (core-level `Monitor.run`)."""
@@ -712,10 +720,7 @@ def latency_phase(models: Models, plan: Plan, quiet: bool) -> list[dict[str, Any
         cases, timed = {}, []
         for m in every:
             try:
-                run, reset = m.prepare(prefix, new)
-                run()  # one untimed run: a point this method cannot score (past its RoPE table, ...) is skipped
-                reset()
-                cases[m.key] = (run, reset)
+                cases[m.key] = m.prepare_checked(prefix, new)
                 timed.append(m)
             except Exception as exc:  # e.g. a peer that cannot run here, or a device cache smaller than the turn
                 models.skipped[f"{m.key} at turn {turn}, {new_tokens} tokens"] = f"{type(exc).__name__}: {exc}"
