@@ -190,6 +190,22 @@ def test_pool_budget_evicts_lru_and_rebuilds(tiny_monitor: Monitor) -> None:
     assert_same(got, tiny_monitor.score(follow)[-1:])
 
 
+def test_pool_evicts_least_recently_used_first(tiny_monitor: Monitor) -> None:
+    """A session used again stays resident; eviction takes the least recently used one and names it by key."""
+    per_session = tiny_monitor.new_cache().nbytes
+    pool = SessionPool(tiny_monitor, memory_budget_bytes=3 * per_session)
+    convs = {f"c{i}": [Message("user", f"conversation number {i} about networks")] for i in range(3)}
+    for cid, msgs in convs.items():
+        pool.assess(msgs, conversation_id=cid)
+    pool.assess([*convs["c0"], Message("user", "c0 again")], conversation_id="c0")  # c1 is now the oldest
+    pool.assess([Message("user", "a fourth conversation")], conversation_id="c3")
+    resident = {cid: pool.get(cid).is_resident for cid in ("c0", "c1", "c2", "c3")}
+    assert resident == {"c0": True, "c1": False, "c2": True, "c3": True}
+    assert pool.evictions == 1 and pool.key_of(pool.get("c1")) == "id:c1"
+    anon, _ = pool.assess([Message("user", "no id")])
+    assert pool.key_of(anon).startswith("anon:") and pool.key_of(tiny_monitor.new_session()) is None
+
+
 def test_pool_byte_total_tracks_sessions(tiny_monitor: Monitor) -> None:
     """The running byte total equals the sum over pooled sessions after growth, forks, evictions and drops."""
     per_session = tiny_monitor.new_cache().nbytes

@@ -571,10 +571,7 @@ class Guard:
         else:
             raise TypeError("reset() needs a conversation_id, or messages= for a conversation without an id")
         with session.lock:
-            key = session.state.get("pool_key")
             session.state.clear()
-            if key is not None:
-                session.state["pool_key"] = key
 
     def forget(self, conversation_id: str) -> None:
         """Drop a conversation (its cache and state) from the pool, e.g. when the application closes it."""
@@ -587,7 +584,7 @@ class Guard:
             session, assessments = pool.assess(msgs, conversation_id=cid)
             with session.lock:
                 decision = self._decide_input(session, msgs, assessments)
-            name = _name(session, cid)
+            name = _name(self.pool, session, cid)
         except MessageError:
             raise
         except Exception as exc:  # noqa: BLE001 (the monitor failed: the fail mode decides)
@@ -653,7 +650,7 @@ class Guard:
                     _remember(session.state, full, decision)
                 else:
                     decision = self._recall(session, full, "output")
-            name = _name(session, cid)
+            name = _name(self.pool, session, cid)
         except MessageError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -670,7 +667,7 @@ class Guard:
         terminated, name = False, cid
         try:
             session = self.pool.get(cid) if cid is not None else self.pool.match(msgs[:-1] or msgs)
-            terminated, name = bool(session.state.get("terminated")), _name(session, cid)
+            terminated, name = bool(session.state.get("terminated")), _name(self.pool, session, cid)
         except Exception:  # noqa: BLE001 (best effort)
             pass
         closed = self.fail_mode == "closed"
@@ -812,7 +809,7 @@ class StreamChecker:
             assessment = self._assess(text)
             with self._session.lock:
                 decision = g.policy.decide(assessment, self._session.state, stage="stream")
-            name = _name(self._session, self.conversation_id)
+            name = _name(g.pool, self._session, self.conversation_id)
         except MessageError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -934,8 +931,9 @@ def _check_policy(policy: Any) -> None:
         validate()
 
 
-def _name(session: TrajectorySession, cid: str | None) -> str | None:
-    return cid if cid is not None else session.state.get("pool_key")
+def _name(pool: SessionPool, session: TrajectorySession, cid: str | None) -> str | None:
+    """The conversation's name in events and logs: its id, else the pool's key for the anonymous session."""
+    return cid if cid is not None else pool.key_of(session)
 
 
 def _text(handler: str, value: Any) -> str:

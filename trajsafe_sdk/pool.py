@@ -26,7 +26,9 @@ class SessionPool:
         self._sessions: OrderedDict[str, TrajectorySession] = OrderedDict()  # LRU order, oldest first
         self._prefix_index: dict[str, str] = {}  # prefix digest -> anonymous session key
         self._indexed: dict[str, tuple[list[Message], list[str]]] = {}  # key -> (messages, their digests)
-        self._bytes: dict[str, int] = {}  # key -> KV bytes at the session's last pool update
+        # key -> KV bytes at the session's last pool update, resident sessions only, least recently updated first:
+        # the eviction order, so enforcing the budget never walks the sessions already evicted
+        self._bytes: OrderedDict[str, int] = OrderedDict()
         self._total_bytes = 0  # running sum of _bytes (O(1) budget checks)
         self._key_of: dict[int, str] = {}  # id(session) -> key (a fork or a reset session is never mistaken for it)
         self._lock = threading.RLock()
@@ -63,12 +65,16 @@ class SessionPool:
                 return session
             return self._add_anonymous(self.monitor.new_session())
 
+    def key_of(self, session: TrajectorySession) -> str | None:
+        """The pool's name for a pooled session ('id:<conversation id>' or 'anon:<n>'); None if not pooled."""
+        key = self._key_of.get(id(session))
+        return key if key is not None and self._sessions.get(key) is session else None
+
     def _add_anonymous(self, session: TrajectorySession) -> TrajectorySession:
         self._anon_counter += 1
         key = f"anon:{self._anon_counter}"
         self._sessions[key] = session
         self._key_of[id(session)] = key
-        session.state["pool_key"] = key
         self._index(key, session)
         self._drop_excess()
         return session
@@ -117,8 +123,8 @@ class SessionPool:
 
     def _after_update(self, session: TrajectorySession) -> None:
         with self._lock:
-            key = self._key_of.get(id(session))
-            if key is not None and self._sessions.get(key) is session:
+            key = self.key_of(session)
+            if key is not None:
                 if key.startswith("anon:"):
                     self._index(key, session)
                 self._account(key, session)
@@ -131,30 +137,33 @@ class SessionPool:
         return self._total_bytes
 
     def _account(self, key: str, session: TrajectorySession | None) -> None:
-        """Record a session's current KV bytes (None: it left the pool)."""
+        """Record a session's current KV bytes and make it the most recently updated (None: it left the pool)."""
         new = session.nbytes if session is not None else 0
         self._total_bytes += new - self._bytes.pop(key, 0)
-        if session is not None:
+        if new:
             self._bytes[key] = new
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def _enforce_budget(self, keep: TrajectorySession | None = None) -> None:
-        if self._total_bytes <= self.memory_budget_bytes:
-            return
-        for key, session in list(self._sessions.items()):  # oldest first
-            if self._total_bytes <= self.memory_budget_bytes:
-                break
-            if session is keep or not session.is_resident:
+        """Evict the least recently updated resident sessions until the total fits the budget; the scan starts at
+        the oldest resident session, so its cost is the number of sessions evicted (plus any skipped)."""
+        skipped: set[str] = set()  # `keep`, and sessions busy in another thread
+        while self._total_bytes > self.memory_budget_bytes:
+            key = next((k for k in self._bytes if k not in skipped), None)
+            if key is None:
+                return
+            session = self._sessions[key]
+            if session is keep or not session.lock.acquire(blocking=False):
+                skipped.add(key)
                 continue
-            if session.lock.acquire(blocking=False):
-                try:
-                    session.evict()
-                    self.evictions += 1
-                    self._account(key, session)
-                finally:
-                    session.lock.release()
+            try:
+                session.evict()
+                self.evictions += 1
+                self._account(key, session)
+            finally:
+                session.lock.release()
 
     def _drop_excess(self) -> None:
         while len(self._sessions) > self.max_conversations:
