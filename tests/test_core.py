@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trajsafe_sdk.core import Monitor, TrajectorySession
-from trajsafe_sdk.errors import MessageError, PackageError, ProviderError
+from trajsafe_sdk.core import DeviceKVCache, Monitor, TrajectorySession
+from trajsafe_sdk.errors import MessageError, MonitorError, PackageError, ProviderError
 from trajsafe_sdk.layout import ALL_SPECIAL_TOKENS
 from trajsafe_sdk.messages import Message
 from trajsafe_sdk.package import MonitorPackage
@@ -109,6 +109,66 @@ def test_marker_text_in_content_cannot_forge_markers(tiny_monitor: Monitor) -> N
     assert not special & set(ids[1:-2].tolist())
     # one assessment only: forged markers do not create assessment points
     assert len(tiny_monitor.score([Message("user", forged)])) == 1
+
+
+@pytest.fixture()
+def device_cache_monitor(tiny_package: Path) -> Monitor:
+    """A monitor whose sessions use DeviceKVCache, the CUDA provider's cache, on the CPU device: the same
+    ORT-owned buffers bound by pointer, so its code runs without a GPU (only the device string differs)."""
+    monitor = Monitor.load(tiny_package, provider="cpu", variant="fp32")
+    monitor.new_cache = lambda capacity=128: DeviceKVCache(  # type: ignore[method-assign]
+        monitor.num_layers, monitor.num_kv_heads, monitor.head_dim, monitor.kv_dtype, monitor.context_limit,
+        device="cpu")
+    return monitor
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(conv=conversation, edit=conversation, keep=st.integers(0, 8))
+def test_device_cache_path_equals_full_recompute(device_cache_monitor: Monitor, tiny_monitor: Monitor, conv, edit,
+                                                 keep) -> None:
+    """Incremental turns, a rewind, a fork, a partial read and an eviction on device-resident caches."""
+    session = device_cache_monitor.new_session()
+    got = [a for m in conv if (a := session.append(m)) is not None]
+    assert isinstance(session.cache, DeviceKVCache) and session.cache.capacity == device_cache_monitor.context_limit
+    assert_same(got, tiny_monitor.score(conv))
+    edited = conv[: min(keep, len(conv))] + edit
+    n_common = session.common_prefix(edited)
+    assert_same(session.sync(edited), [a for a in tiny_monitor.score(edited) if a.message_index >= n_common])
+    fork = session.fork()
+    assert isinstance(fork.cache, DeviceKVCache)
+    more = [*edited, Message("user", "and then?")]
+    expected = tiny_monitor.score(more)[-1:]
+    assert_same([fork.append(more[-1])], expected)
+    n = session.num_tokens
+    partial = session.assess_partial("user", "and then?")
+    host = tiny_monitor.new_session()
+    host.extend(edited)
+    assert session.num_tokens == n and abs(partial.risk - host.assess_partial("user", "and then?").risk) <= TOL
+    session.evict()
+    assert_same([session.append(more[-1])], expected)
+
+
+def test_device_cache_batches_run_per_row(device_cache_monitor: Monitor, tiny_monitor: Monitor) -> None:
+    convs = [[Message("user", "hello there")], [Message("user", "how do I kill a python process"),
+                                                Message("assistant", "use kill"), Message("user", "thanks")]]
+    sessions = [device_cache_monitor.new_session() for _ in convs]
+    for session, conv, got in zip(sessions, convs, TrajectorySession.extend_batch(sessions, convs), strict=True):
+        assert_same(got, tiny_monitor.score(conv))
+        assert session.num_tokens == 1 + sum(len(tiny_monitor.encoder.encode_message(m)) for m in conv)
+
+
+def test_device_cache_is_context_sized(device_cache_monitor: Monitor) -> None:
+    """The device cache never grows: a run past its capacity is a MonitorError, and sessions re-window first."""
+    monitor = device_cache_monitor
+    cache = monitor.new_cache()
+    assert cache.nbytes == monitor.kv_bytes_per_token * monitor.context_limit
+    with pytest.raises(MonitorError, match="device KV cache full"):
+        cache.reserve(monitor.context_limit + 1)
+    session = monitor.new_session()
+    long = " ".join(WORDS * 20)
+    for i in range(40):
+        assert session.append(Message("user", f"{long} {i}")) is not None
+        assert session.num_tokens <= monitor.context_limit
 
 
 def test_context_overflow_keeps_system_and_recent_window(tiny_package: Path) -> None:

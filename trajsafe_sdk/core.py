@@ -140,21 +140,28 @@ class KVCache:
 
 
 class DeviceKVCache(KVCache):
-    """A KV cache resident on the CUDA device, bound by pointer with IO binding (never copied to the host per turn).
+    """A KV cache in ONNX Runtime-owned buffers on a device (CUDA), bound by pointer with IO binding: never copied
+    to the host per turn.
 
     Capacity is fixed at allocation (the context limit), so no growth copy is ever needed on the device.
+    `device="cpu"` runs the same code on host memory (tests of this path on machines without a GPU).
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: type, capacity: int,
-                 device_id: int = 0) -> None:
-        self.device_id = device_id
+                 device_id: int = 0, device: str = "cuda") -> None:
+        self.device, self.device_id = device, device_id
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, capacity)
 
     def _allocate(self, capacity: int) -> None:
         zeros = np.zeros((1, self.num_kv_heads, capacity, self.head_dim), self.dtype)  # finite (see KVCache)
-        self.keys = [ort.OrtValue.ortvalue_from_numpy(zeros, "cuda", self.device_id) for _ in range(self.num_layers)]
-        self.values = [ort.OrtValue.ortvalue_from_numpy(zeros, "cuda", self.device_id)
-                       for _ in range(self.num_layers)]
+
+        def buffer() -> ort.OrtValue:
+            value = ort.OrtValue.ortvalue_from_shape_and_type(zeros.shape, self.dtype, self.device, self.device_id)
+            value.update_inplace(zeros)
+            return value
+
+        self.keys = [buffer() for _ in range(self.num_layers)]
+        self.values = [buffer() for _ in range(self.num_layers)]
         self._capacity = capacity
 
     @property
@@ -173,8 +180,8 @@ class DeviceKVCache(KVCache):
         shape = [1, self.num_kv_heads, self.capacity, self.head_dim]
         for kind, buffers in (("key", self.keys), ("value", self.values)):
             ptr = buffers[layer].data_ptr()
-            binding.bind_input(f"past_{kind}.{layer}", "cuda", self.device_id, self.dtype, shape, ptr)
-            binding.bind_output(f"present_{kind}.{layer}", "cuda", self.device_id, self.dtype, shape, ptr)
+            binding.bind_input(f"past_{kind}.{layer}", self.device, self.device_id, self.dtype, shape, ptr)
+            binding.bind_output(f"present_{kind}.{layer}", self.device, self.device_id, self.dtype, shape, ptr)
 
     def read(self, layer: int, kind: str) -> np.ndarray:
         return (self.keys if kind == "key" else self.values)[layer].numpy()[0, :, : self.length].transpose(1, 0, 2)
