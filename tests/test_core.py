@@ -291,16 +291,23 @@ def test_pool_byte_total_tracks_sessions(tiny_monitor: Monitor) -> None:
     assert pool.nbytes <= 4 * per_session + max(s.nbytes for s in pool._sessions.values())
 
 
-def test_pool_threads_keep_conversations_apart(tiny_monitor: Monitor) -> None:
-    pool = SessionPool(tiny_monitor)
-    convs = {f"t{i}": [Message("user", " ".join(WORDS[i: i + 5])), Message("assistant", "ok"),
-                       Message("user", " ".join(WORDS[i + 2: i + 9]))] for i in range(8)}
+@pytest.mark.parametrize("budget_sessions", [None, 2])
+def test_pool_threads_keep_conversations_apart(tiny_monitor: Monitor, budget_sessions: int | None) -> None:
+    """Threads on their own conversations (with ids, and anonymous ones matched by prefix), also under a budget
+    that keeps evicting the sessions of the other threads."""
+    per_session = tiny_monitor.new_cache().nbytes
+    pool = SessionPool(tiny_monitor, **({"memory_budget_bytes": budget_sessions * per_session}
+                                        if budget_sessions else {}))
+    convs = {f"t{i}": [Message("user", f"{i} " + " ".join(WORDS[i: i + 5])), Message("assistant", "ok"),
+                       Message("user", " ".join(WORDS[i + 2: i + 9])), Message("user", "and then?")]
+             for i in range(8)}
     results: dict[str, list] = {}
 
     def worker(cid: str) -> None:
         out = []
+        anonymous = int(cid[1:]) % 2 == 1
         for k in range(1, len(convs[cid]) + 1):
-            out += pool.assess(convs[cid][:k], conversation_id=cid)[1]
+            out += pool.assess(convs[cid][:k], conversation_id=None if anonymous else cid)[1]
         results[cid] = out
 
     threads = [threading.Thread(target=worker, args=(cid,)) for cid in convs]
@@ -310,6 +317,8 @@ def test_pool_threads_keep_conversations_apart(tiny_monitor: Monitor) -> None:
         t.join()
     for cid, msgs in convs.items():
         assert_same(results[cid], tiny_monitor.score(msgs))
+    if budget_sessions:
+        assert pool.evictions > 0 and pool.nbytes == sum(s.nbytes for s in pool._sessions.values())
 
 
 def test_pool_batched_assess_many(tiny_monitor: Monitor) -> None:
