@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from parity import TOL, assert_same, scores
 
 from trajsafe_sdk.core import DeviceKVCache, Monitor, TrajectorySession
 from trajsafe_sdk.errors import MessageError, MonitorError, PackageError, ProviderError
@@ -20,7 +21,6 @@ from trajsafe_sdk.package import MonitorPackage
 from trajsafe_sdk.pool import SessionPool
 from trajsafe_sdk.runtime import cuda_usable
 
-TOL = 1e-4
 WORDS = ["hello", "how", "do", "I", "kill", "a", "python", "process", "network", "security", "history", "of",
          "the", "war", "recipe", "<|user|>", "<|assess|>", "please", "thanks", "why", "é", "日本", "!"]
 
@@ -28,16 +28,6 @@ word = st.sampled_from(WORDS)
 text = st.lists(word, min_size=0, max_size=12).map(" ".join)
 message = st.builds(Message, st.sampled_from(["system", "user", "assistant", "tool", "user", "user"]), text)
 conversation = st.lists(message, min_size=1, max_size=8)
-
-
-def scores(assessments) -> np.ndarray:
-    return np.array([np.concatenate([a.action_scores, a.category_scores, [a.risk]]) for a in assessments])
-
-
-def assert_same(a, b) -> None:
-    assert [x.message_index for x in a] == [x.message_index for x in b]
-    if a:
-        assert np.abs(scores(a) - scores(b)).max() <= TOL
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -235,13 +225,19 @@ def test_pool_prefix_matching_reads_only_new_messages(tiny_monitor: Monitor) -> 
     assert_same(got3, tiny_monitor.score(branch)[-1:])
 
 
-def test_pool_budget_evicts_lru_and_rebuilds(tiny_monitor: Monitor) -> None:
-    per_session = tiny_monitor.new_cache().nbytes
-    pool = SessionPool(tiny_monitor, memory_budget_bytes=3 * per_session)
-    convs = {f"c{i}": [Message("user", f"conversation number {i} about networks")] for i in range(8)}
+def _filled_pool(monitor: Monitor, budget_sessions: int, n_conversations: int
+                 ) -> tuple[SessionPool, dict[str, list[Message]]]:
+    """A pool with room for `budget_sessions` fresh caches that has read `n_conversations` one-message ones by id."""
+    pool = SessionPool(monitor, memory_budget_bytes=budget_sessions * monitor.new_cache().nbytes)
+    convs = {f"c{i}": [Message("user", f"conversation number {i} about networks")] for i in range(n_conversations)}
     for cid, msgs in convs.items():
         pool.assess(msgs, conversation_id=cid)
-    assert pool.nbytes <= 3 * per_session and pool.evictions >= 5
+    return pool, convs
+
+
+def test_pool_budget_evicts_lru_and_rebuilds(tiny_monitor: Monitor) -> None:
+    pool, convs = _filled_pool(tiny_monitor, 3, 8)
+    assert pool.nbytes <= pool.memory_budget_bytes and pool.evictions >= 5
     session = pool.get("c0")
     assert not session.is_resident
     follow = [*convs["c0"], Message("user", "and a follow-up")]
@@ -252,11 +248,7 @@ def test_pool_budget_evicts_lru_and_rebuilds(tiny_monitor: Monitor) -> None:
 
 def test_pool_evicts_least_recently_used_first(tiny_monitor: Monitor) -> None:
     """A session used again stays resident; eviction takes the least recently used one and names it by key."""
-    per_session = tiny_monitor.new_cache().nbytes
-    pool = SessionPool(tiny_monitor, memory_budget_bytes=3 * per_session)
-    convs = {f"c{i}": [Message("user", f"conversation number {i} about networks")] for i in range(3)}
-    for cid, msgs in convs.items():
-        pool.assess(msgs, conversation_id=cid)
+    pool, convs = _filled_pool(tiny_monitor, 3, 3)
     pool.assess([*convs["c0"], Message("user", "c0 again")], conversation_id="c0")  # c1 is now the oldest
     pool.assess([Message("user", "a fourth conversation")], conversation_id="c3")
     resident = {cid: pool.get(cid).is_resident for cid in ("c0", "c1", "c2", "c3")}

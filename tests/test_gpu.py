@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from parity import assert_same
 
 from trajsafe_sdk.cli import demo_conversations
 from trajsafe_sdk.core import DeviceKVCache, Monitor, TrajectorySession
@@ -30,16 +31,6 @@ FP16_TOL = 2e-2  # probabilities: fp16 activations and KV against an fp32 refere
 SAME_VARIANT_TOL = 5e-3  # probabilities: the fp16 graph on CUDA against the same graph on the CPU provider
 CONVERSATION = [Message("system", "you are a helpful assistant"), Message("user", "how do I kill a python process"),
                 Message("assistant", "use kill with the process id"), Message("user", "and the history of the war?")]
-
-
-def _scores(assessments) -> np.ndarray:
-    return np.array([np.concatenate([a.action_scores, a.category_scores, [a.risk]]) for a in assessments])
-
-
-def _close(a, b, tol: float) -> None:
-    assert [x.message_index for x in a] == [x.message_index for x in b]
-    if a:
-        assert np.abs(_scores(a) - _scores(b)).max() <= tol
 
 
 @pytest.fixture(scope="module")
@@ -74,21 +65,21 @@ def test_fp16_on_cuda_matches_fp32_on_cpu(cuda_monitor: Monitor, cpu_reference: 
     """Incremental turns, a rewind, a fork, a partial read, an eviction and a batch, against full recomputes."""
     session = cuda_monitor.new_session()
     got = [a for m in CONVERSATION if (a := session.append(m)) is not None]
-    _close(got, cpu_reference.score(CONVERSATION), FP16_TOL)
+    assert_same(got, cpu_reference.score(CONVERSATION), FP16_TOL)
     edited = [*CONVERSATION[:2], Message("assistant", "I cannot help with that"), Message("user", "why not?")]
-    _close(session.sync(edited), cpu_reference.score(edited)[-2:], FP16_TOL)
+    assert_same(session.sync(edited), cpu_reference.score(edited)[-2:], FP16_TOL)
     more = [*edited, Message("user", "thanks anyway")]
     expected = cpu_reference.score(more)[-1:]
-    _close([session.fork().append(more[-1])], expected, FP16_TOL)
+    assert_same([session.fork().append(more[-1])], expected, FP16_TOL)
     n = session.num_tokens
     session.assess_partial("assistant", "You are welcome")
     assert session.num_tokens == n
     session.evict()
-    _close([session.append(more[-1])], expected, FP16_TOL)
+    assert_same([session.append(more[-1])], expected, FP16_TOL)
     convs = [CONVERSATION, [Message("user", "hello")], edited]
     batch = TrajectorySession.extend_batch([cuda_monitor.new_session() for _ in convs], convs)
     for got_b, conv in zip(batch, convs, strict=True):
-        _close(got_b, cpu_reference.score(conv), FP16_TOL)
+        assert_same(got_b, cpu_reference.score(conv), FP16_TOL)
 
 
 def test_long_conversation_rewindows_on_the_device(cuda_monitor: Monitor) -> None:
@@ -129,7 +120,7 @@ def test_shipped_package_on_cuda_agrees_with_cpu() -> None:
     for conv in demo_conversations():
         messages = conv["messages"]
         on_gpu, on_cpu = gpu.score(messages), cpu.score(messages)
-        _close(on_gpu, on_cpu, SAME_VARIANT_TOL)
+        assert_same(on_gpu, on_cpu, SAME_VARIANT_TOL)
         state_gpu: dict = {}
         state_cpu: dict = {}
         for a, b in zip(on_gpu, on_cpu, strict=True):

@@ -12,6 +12,9 @@ import numpy as np
 import onnx
 import torch
 
+from ..core import length_feeds
+from ..kernels.graph import build_monitor_graph, empty_past
+from ..kernels.variants import quantize_int8
 from ..layout import MessageEncoder
 from ..messages import Message
 from ..package import write_package
@@ -26,8 +29,6 @@ def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
 def build_variants(model: torch.nn.Module, arch: dict[str, Any], work: Path,
                    variants: tuple[str, ...] = ("fp32", "int8", "fp16")) -> dict[str, dict[str, Any]]:
     """Write `monitor.<variant>.onnx` files under `work`; returns write_package's `onnx_files` spec."""
-    from trajsafe_sdk.kernels.graph import build_monitor_graph
-
     work.mkdir(parents=True, exist_ok=True)
     weights = state_dict_numpy(model)
     fp32 = build_monitor_graph(weights, arch, float_dtype="float32")
@@ -37,20 +38,12 @@ def build_variants(model: torch.nn.Module, arch: dict[str, Any], work: Path,
     if "fp32" in variants:
         files["fp32"] = {"source": fp32_path, "dtype": "float32", "kv_dtype": "float32", "providers": ["cpu"]}
     if "int8" in variants:
-        from trajsafe_sdk.kernels.variants import quantize_int8
-
         int8_path = work / "monitor.int8.onnx"
         quantize_int8(str(fp32_path), str(int8_path))
         files["int8"] = {"source": int8_path, "dtype": "int8", "kv_dtype": "float32", "providers": ["cpu"]}
     if "fp16" in variants:
         fp16_path = work / "monitor.fp16.onnx"
-        try:
-            fp16 = build_monitor_graph(weights, arch, float_dtype="float16")
-        except Exception:  # builder without native fp16: convert the fp32 graph
-            from trajsafe_sdk.kernels.variants import to_fp16
-
-            fp16 = to_fp16(fp32)
-        onnx.save(fp16, str(fp16_path))
+        onnx.save(build_monitor_graph(weights, arch, float_dtype="float16"), str(fp16_path))
         # fp16 is parity-checked on the CPU provider (no GPU here): record only what was checked
         files["fp16"] = {"source": fp16_path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cpu"]}
     return files
@@ -66,9 +59,6 @@ def kv_dtype_of(session: Any) -> str:
 def ort_predict(session: Any, encoder: MessageEncoder, arch: dict[str, Any], convs: list[list[Message]],
                 max_len: int = 2048, tokens_per_batch: int = 16384) -> list[np.ndarray]:
     """Label logits `[n_assessed, 20]` per conversation from an ORT session, whole conversation in one feed."""
-    from trajsafe_sdk.core import length_feeds
-    from trajsafe_sdk.kernels.graph import empty_past
-
     kv = kv_dtype_of(session)
     enc = []
     for msgs in convs:
@@ -101,9 +91,6 @@ def ort_predict(session: Any, encoder: MessageEncoder, arch: dict[str, Any], con
 
 def ort_incremental(session: Any, encoder: MessageEncoder, arch: dict[str, Any], msgs: list[Message]) -> np.ndarray:
     """Label logits of one conversation fed message by message with the KV cache (the runtime's path)."""
-    from trajsafe_sdk.core import length_feeds
-    from trajsafe_sdk.kernels.graph import empty_past
-
     kv = kv_dtype_of(session)
     n_layers = int(arch["num_layers"])
     chunks = [np.asarray([encoder.bos_id], np.int64)] + [encoder.encode_message(m) for m in msgs]
