@@ -167,6 +167,7 @@ def write_package(
     max_message_tokens: int = 512,
     card: str | None = None,
     extra: dict[str, Any] | None = None,
+    layout: dict[str, Any] | None = None,
 ) -> Path:
     """Write a package folder.
 
@@ -191,7 +192,7 @@ def write_package(
         "name": name,
         "version": version,
         "labels": {"actions": ACTIONS, "categories": CATEGORIES, "risk": RISK_LABELS},
-        "layout": default_layout(max_message_tokens),
+        "layout": layout or default_layout(max_message_tokens),
         "context_limit": context_limit,
         "architecture": architecture,
         "kv": {"layout": "BNSH", "num_layers": architecture["num_layers"],
