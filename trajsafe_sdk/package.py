@@ -179,7 +179,7 @@ def write_package(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(out / "tokenizer.json"))
+    tokenizer.save(str(out / "tokenizer.json"), pretty=False)
     files = {}
     for variant, spec in onnx_files.items():
         target = out / f"monitor.{variant}.onnx"

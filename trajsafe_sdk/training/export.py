@@ -118,6 +118,7 @@ def make_session(path: Path | str, provider: str = "CPUExecutionProvider", threa
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared cores: wait, don't spin
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
 

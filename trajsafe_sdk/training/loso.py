@@ -47,10 +47,12 @@ def user_logits(records: Sequence[dict[str, Any]], logits: Sequence[np.ndarray],
 
 def fit_policy_for(records: Sequence[dict[str, Any]], ulogits: Sequence[np.ndarray], targets: dict[str, float]
                    ) -> dict[str, float]:
-    """Policy thresholds on a validation slice: single requests and multi-turn chats together."""
+    """Policy thresholds on a validation slice: the benign targets hold for single requests and for multi-turn
+    chats separately."""
     return fit_policy([softmax(lg[:, :N_ACT]) for lg in ulogits], [r["label"] for r in records],
-                      targets["friction"], targets["over_refusal"], [softmax(lg[:, N_ACT + N_CAT:])[:, 1]
-                                                                     for lg in ulogits])
+                      targets["friction"], targets["over_refusal"],
+                      [softmax(lg[:, N_ACT + N_CAT:])[:, 1] for lg in ulogits],
+                      groups=["multi" if is_multi_turn(r) else "single" for r in records])
 
 
 def items_for(records: Sequence[dict[str, Any]], actions: Sequence[list[str]]) -> list[dict[str, Any]]:

@@ -334,11 +334,13 @@ def user_rows(msgs: list[Message], encoder: MessageEncoder, n_rows: int) -> list
 
 
 def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: float,
-               target_over_refusal: float, val_risks: list[np.ndarray] | None = None) -> dict[str, float]:
+               target_over_refusal: float, val_risks: list[np.ndarray] | None = None,
+               groups: list[str] | None = None) -> dict[str, float]:
     """Thresholds maximising catch (then block) rate on a validation slice under friction/over-refusal targets.
 
     `val_probs[i]`: action probabilities `[n_user_turns, 5]` of conversation i; `val_risks[i]` its risks
-    `[n_user_turns]` (when given, the risk probe threshold `probe_risk` is fitted too; 1.1 = off).
+    `[n_user_turns]` (when given, the risk probe threshold `probe_risk` is fitted too; 1.1 = off). With `groups`
+    (e.g. single-turn / multi-turn), the benign targets must hold in every group, not only pooled.
     """
     grid = np.round(np.concatenate([np.arange(0.1, 0.9, 0.05), np.arange(0.9, 0.996, 0.01)]), 3)
     # refuse/terminate need most of the mass on them and steer at least a large share: the ladder keeps the
@@ -348,6 +350,12 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     high, mid, low = grid[grid >= 0.5], grid[grid >= 0.4], grid[grid >= 0.3]
     cums = [np.cumsum(p[:, ::-1], axis=1)[:, ::-1] for p in val_probs]
     benign = np.array([lab == "benign" for lab in labels])
+    group_of = np.asarray(groups if groups is not None else ["all"] * len(labels))
+    benign_groups = [benign & (group_of == g) for g in sorted(set(group_of[benign].tolist()))] or [benign]
+
+    def worst(flags: np.ndarray) -> float:
+        """The benign rate of `flags` in the worst group."""
+        return max(float(flags[g].mean()) for g in benign_groups) if benign.any() else 0.0
     # per conversation: max over turns of P(>=a) (any-turn reading); last turn values for block rate
     mx = np.stack([c.max(0) if len(c) else np.zeros(N_ACT) for c in cums])  # [n, 5]
     last = np.stack([c[-1] if len(c) else np.zeros(N_ACT) for c in cums])
@@ -357,7 +365,7 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
         for t_term in high:
             if t_term < t_ref:
                 continue
-            over = ((mx[:, 3] >= t_ref) | (mx[:, 4] >= t_term))[benign].mean() if benign.any() else 0.0
+            over = worst((mx[:, 3] >= t_ref) | (mx[:, 4] >= t_term))
             if over > target_over_refusal:
                 continue
             key = (-t_ref - t_term)
@@ -375,7 +383,7 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
                 if harm.any() else 0.0
             for t_risk in risk_grid:
                 fires = ladder_fires | (risk_max >= t_risk) if risk_max is not None and t_risk <= 1 else ladder_fires
-                fric = fires[benign].mean() if benign.any() else 0.0
+                fric = worst(fires)
                 if fric > target_friction:
                     continue
                 catch = fires[harm].mean() if harm.any() else 0.0
