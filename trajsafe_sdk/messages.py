@@ -52,7 +52,8 @@ def _content_text(content: object, where: str, strict: bool = False) -> str:
             else:
                 raise MessageError(f"{where}: content parts must be strings or {{'type': 'text', 'text': str}}")
         return "\n".join(texts)
-    raise MessageError(f"{where}: content must be a string (or a list of text parts), got {type(content).__name__}")
+    got = "null" if content is None else type(content).__name__
+    raise MessageError(f"{where}: content must be a string (or a list of text parts), got {got}")
 
 
 def to_message(obj: object, index: int = 0, strict: bool = False) -> Message:
