@@ -487,7 +487,7 @@ class TrajectorySession:
         self._ensure_resident()
         assert self.cache is not None
         enc = self.monitor.encoder
-        room = self.monitor.context_limit - self.cache.length - (0 if self.cache.length else 1)
+        room = self.monitor.context_limit - self.cache.length - (0 if self.cache.length else len(enc.bos_ids))
         encoded: list[np.ndarray] = []
         for msg in new:
             ids = enc.encode_message(msg)
@@ -499,8 +499,8 @@ class TrajectorySession:
             return self._plan_window(new[0], enc.encode_message(new[0]))
         chunks, offset = [], 0
         if self.cache.length == 0:
-            chunks.append(np.asarray([enc.bos_id], np.int64))
-            offset = 1
+            chunks.append(np.asarray(enc.bos_ids, np.int64))
+            offset = len(enc.bos_ids)
         score_positions, starts = [], []
         for msg, ids in zip(new, encoded, strict=False):
             starts.append(self.cache.length + offset)
@@ -516,8 +516,8 @@ class TrajectorySession:
         fit the window budget, then `new`. System messages are kept (in order) only while they leave room for `new`,
         so the window always fits the context (and the RoPE tables), however long the system prompt."""
         enc, old = self.monitor.encoder, self.messages
-        budget = int(self.monitor.context_limit * WINDOW_FRACTION) - 1
-        if 1 + len(new_ids) > self.monitor.context_limit:
+        budget = int(self.monitor.context_limit * WINDOW_FRACTION) - len(enc.bos_ids)
+        if len(enc.bos_ids) + len(new_ids) > self.monitor.context_limit:
             raise MessageError(f"message {len(old)} alone does not fit the context ({self.monitor.context_limit})")
         used, window = len(new_ids), {}
         n_system = _first_non_system(old)
@@ -535,7 +535,7 @@ class TrajectorySession:
             used += len(ids)
         self.cache.truncate(0)  # type: ignore[union-attr]
         self.spans = [None] * len(old)
-        chunks, offset = [np.asarray([enc.bos_id], np.int64)], 1
+        chunks, offset = [np.asarray(enc.bos_ids, np.int64)], len(enc.bos_ids)
         for i in sorted(window):
             chunks.append(window[i])
             self.spans[i] = _Span(offset, offset + len(window[i]))
@@ -604,7 +604,7 @@ class TrajectorySession:
             assert self.cache is not None
             ids = self.monitor.encoder.encode_partial(role, clean_text(text))
             if self.cache.length == 0:
-                ids = np.concatenate([[self.monitor.encoder.bos_id], ids]).astype(np.int64)
+                ids = np.concatenate([self.monitor.encoder.bos_ids, ids]).astype(np.int64)
             room = self.monitor.context_limit - self.cache.length
             if room < 1:
                 raise MonitorError(f"no room left in the context ({self.monitor.context_limit}) for a partial reading")
