@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trajsafe_sdk.layout import LABEL_TOKENS, SPECIAL_TOKENS, train_tokenizer
-from trajsafe_sdk.package import write_package
+from trajsafe_sdk.layout import LABEL_TOKENS, SPECIAL_TOKENS, MessageEncoder, default_layout, train_tokenizer
+from trajsafe_sdk.package import marker_ids, write_package
 
 from .graph import build_monitor_graph
 
@@ -99,8 +99,9 @@ def build_tiny_package(
     arch = tiny_arch(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
                      intermediate_size=intermediate_size, vocab_size=vocab_size)
     weights = tiny_weights(arch, seed)
+    layout_ids = marker_ids(MessageEncoder(tokenizer, default_layout(max_message_tokens)))
     fp32_path = out / "monitor.fp32.onnx"
-    onnx.save(build_monitor_graph(weights, arch), fp32_path)
+    onnx.save(build_monitor_graph(weights, arch, layout_ids=layout_ids), fp32_path)
     files: dict[str, dict[str, Any]] = {}
     for variant in variants:
         path = out / f"monitor.{variant}.onnx"
@@ -110,7 +111,7 @@ def build_tiny_package(
             quantize_int8(fp32_path, path)
             files[variant] = {"source": path, "dtype": "int8", "kv_dtype": "float32", "providers": ["cpu"]}
         elif variant == "fp16":
-            onnx.save(build_monitor_graph(weights, arch, float_dtype="float16"), path)
+            onnx.save(build_monitor_graph(weights, arch, float_dtype="float16", layout_ids=layout_ids), path)
             files[variant] = {"source": path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cpu"]}
         else:
             raise ValueError(f"unknown variant {variant!r}; expected fp32, int8 or fp16")

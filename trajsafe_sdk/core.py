@@ -30,7 +30,7 @@ from .errors import MessageError, MonitorError, PackageError
 from .labels import ACTIONS, CATEGORIES
 from .layout import MessageEncoder
 from .messages import Message, clean_text, normalize_messages
-from .package import MonitorPackage
+from .package import MonitorPackage, check_graph_metadata
 from .runtime import open_session
 
 N_ACT, N_CAT = len(ACTIONS), len(CATEGORIES)
@@ -236,6 +236,7 @@ class Monitor:
         return cls(MonitorPackage.load(path), provider=provider, variant=variant, threads=threads)
 
     def _check_graph(self) -> None:
+        """The graph follows the contract and matches the package (checked at load, not on first use)."""
         inputs = {i.name for i in self.ort_session.get_inputs()}
         expected = {"input_ids", "seqlens_k", "total_sequence_length", "score_positions"}
         expected |= {f"past_{kind}.{i}" for i in range(self.num_layers) for kind in ("key", "value")}
@@ -245,7 +246,12 @@ class Monitor:
             raise PackageError(f"{self.package.path}: ONNX inputs {sorted(inputs)} do not match the graph contract "
                                f"(expected {sorted(expected)}) for {self.num_layers} layers{hint}")
         meta = self.ort_session.get_modelmeta().custom_metadata_map
-        self.max_positions = int(meta.get("trajsafe.max_positions", 0)) or None
+        check_graph_metadata(self.package, self.variant,
+                             {i.name: (list(i.shape), i.type) for i in self.ort_session.get_inputs()}, meta)
+        try:
+            self.max_positions = int(meta.get("trajsafe.max_positions", 0)) or None
+        except ValueError as exc:
+            raise PackageError(f"{self.package.path}: unreadable trajsafe.max_positions in the graph ({exc})") from exc
         if self.max_positions and self.context_limit > self.max_positions:
             raise PackageError(f"{self.package.path}: context_limit {self.context_limit} exceeds the graph's RoPE "
                                f"tables ({self.max_positions} positions)")

@@ -24,6 +24,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..labels import ACTIONS
+from ..package import marker_ids
 
 PUBLIC_DATASETS = {
     "harmbench": "HarmBench (centerforaisafety/HarmBench)",
@@ -325,7 +326,7 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 60.0
     arch = architecture(res["config"])
 
     say("exporting ONNX variants")
-    files = build_variants(model, arch, work / "onnx")
+    files = build_variants(model, arch, work / "onnx", layout_ids=marker_ids(encoder))
     rng = np.random.default_rng(seed + 1)
     sample = [record_messages(dev[i]) for i in rng.permutation(len(dev))[: (12 if smoke else 48)]]
     parity = check_parity(model, encoder, arch, files, sample)
