@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from packages import copy_package, edit_graph, poison_label_head, strict_json, write_manifest
 from parity import TOL, assert_same, scores
 
 from trajsafe_sdk import cli
@@ -28,40 +27,8 @@ from trajsafe_sdk.errors import MonitorError, PackageError
 from trajsafe_sdk.evaluation import Scorer, read_lines, result_json, score_lines
 from trajsafe_sdk.guard import Guard, guard
 from trajsafe_sdk.messages import Message
-from trajsafe_sdk.package import MANIFEST, MonitorPackage, sha256_file
+from trajsafe_sdk.package import MANIFEST, MonitorPackage
 from trajsafe_sdk.pool import SessionPool
-
-
-# -- helpers ---------------------------------------------------------------------------------------------------------
-def copy_package(src: Path, dst: Path, mutate: Callable[[dict[str, Any]], Any] | None = None) -> Path:
-    """A copy of a package, its manifest changed by `mutate` and every checksum recomputed."""
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / MANIFEST).read_text())
-    if mutate is not None:
-        mutate(manifest)
-    write_manifest(dst, manifest)
-    return dst
-
-
-def write_manifest(pkg: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest` with the checksums of the files it names (where they are plain files of the package)."""
-    for entry in [manifest.get("tokenizer"), *(manifest.get("files") or {}).values()]:
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and (pkg / entry["path"]).is_file():
-            entry["sha256"] = sha256_file(pkg / entry["path"])
-    (pkg / MANIFEST).write_text(json.dumps(manifest))
-
-
-def edit_graph(path: Path, edit: Callable[[onnx.ModelProto], None]) -> None:
-    model = onnx.load(str(path))
-    edit(model)
-    onnx.save(model, str(path))
-
-
-def strict_json(line: str) -> Any:
-    """json.loads that refuses NaN and Infinity (what strict JSON readers do)."""
-    def refuse(name: str) -> None:
-        raise ValueError(f"not strict JSON: {name}")
-    return json.loads(line, parse_constant=refuse)
 
 
 # -- fail closed: non-finite scores are a monitor failure ------------------------------------------------------------
@@ -69,17 +36,7 @@ def strict_json(line: str) -> Any:
 def broken_monitor(request: pytest.FixtureRequest, tiny_package: Path, tmp_path_factory: pytest.TempPathFactory
                    ) -> Monitor:
     """The tiny monitor with a label head that gives NaN (or inf, as an fp16 overflow would) logits."""
-    pkg = copy_package(tiny_package, tmp_path_factory.mktemp("broken") / "pkg")
-
-    def poison(model: onnx.ModelProto) -> None:
-        for init in model.graph.initializer:
-            if init.name == "label_head":
-                head = numpy_helper.to_array(init).copy()
-                head[:, 0] = np.float32(request.param)  # the `allow` logit
-                init.CopyFrom(numpy_helper.from_array(head, init.name))
-
-    edit_graph(pkg / "monitor.fp32.onnx", poison)
-    write_manifest(pkg, json.loads((pkg / MANIFEST).read_text()))
+    pkg = poison_label_head(tiny_package, tmp_path_factory.mktemp("broken") / "pkg", request.param)
     return Monitor.load(pkg, provider="cpu", variant="fp32")
 
 
