@@ -304,10 +304,10 @@ def check_graph_metadata(package: MonitorPackage, variant: str, inputs: dict[str
         raise PackageError(f"{where}: unreadable trajsafe metadata ({exc})") from exc
     vocab = graph_arch.get("vocab_size") if isinstance(graph_arch, dict) else None
     vocab = vocab if type(vocab) is int else arch.get("vocab_size")
-    tokens = package.tokenizer.get_vocab_size(with_added_tokens=True)
+    tokens = max(package.tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
     if type(vocab) is int and tokens > vocab:
-        raise PackageError(f"{where}: the tokenizer has {tokens} token ids, more than the model's vocabulary "
-                           f"({vocab})")
+        raise PackageError(f"{where}: the tokenizer has token ids up to {tokens - 1}, more than the model's "
+                           f"vocabulary ({vocab} ids): such a token would crash scoring")
     if recorded is not None and recorded != marker_ids(package.encoder()):
         raise PackageError(f"{where}: the layout's marker ids {marker_ids(package.encoder())} differ from those the "
                            f"model was exported with {recorded} (tokenizer.json or the layout was changed)")
