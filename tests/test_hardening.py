@@ -175,6 +175,22 @@ def test_pool_threads_with_one_system_prompt_never_share_a_session(tiny_monitor:
         assert seen[-1] == Message("user", f"user {i} asks")
 
 
+def test_pool_threads_continuing_one_conversation_keep_its_session(tiny_monitor: Monitor, slow_sync: None) -> None:
+    """A caller that waits on a claimed session continues it (its state, e.g. a termination, is kept)."""
+    pool = SessionPool(tiny_monitor)
+    first = [SYSTEM, {"role": "user", "content": "hello"}]
+    session, _ = pool.assess(first)
+    session.state["terminated"] = True
+    follow = [*first, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "go on"}]
+    got: list[TrajectorySession] = []
+    threads = [threading.Thread(target=lambda: got.append(pool.assess(follow)[0])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(s is session for s in got) and session.state["terminated"]
+
+
 def test_guard_asyncio_callers_never_share_state(tiny_monitor: Monitor, slow_sync: None) -> None:
     g = Guard(monitor=tiny_monitor)
     g.check_input([SYSTEM, {"role": "user", "content": "warm"}])

@@ -4,8 +4,8 @@ A conversation is found by its id when the application has one, otherwise by the
 (a stateless caller that re-sends the whole history pays only for the new messages). When the KV caches of all
 sessions exceed `memory_budget_bytes`, the least recently used sessions drop their caches; their transcripts stay,
 so the next call rebuilds them transparently (one re-read). Thread-safe: an anonymous session is matched and claimed
-in one step under the pool lock, so two callers never share one (a claimed session is not offered to another caller,
-who gets a fork or a new session instead).
+in one step under the pool lock, so two callers never share one: a caller whose match is claimed by another waits
+for it, then matches again (it then continues the same conversation, or forks a diverged one).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class SessionPool:
         self._key_of: dict[int, str] = {}  # id(session) -> key (a fork or a reset session is never mistaken for it)
         self._lock = threading.RLock()
         self._claimed: set[int] = set()  # id() of the anonymous sessions a caller is matching and reading now
+        self._released = threading.Condition(self._lock)  # notified when a claim ends
         self._anon_counter = 0
         self.evictions = 0
 
@@ -59,13 +60,12 @@ class SessionPool:
             return self._match(messages)
 
     def _match(self, messages: Sequence[Message]) -> TrajectorySession:
-        """`match` (the caller holds the pool lock). A session claimed by another caller is never returned: it may
-        be changing, so it is neither extended nor forked; the caller gets a new session."""
+        """`match`; the caller holds the pool lock."""
         keys = prefix_keys(messages)
         for k in range(len(keys) - 1, -1, -1):
             owner = self._prefix_index.get(keys[k])
             session = self._sessions.get(owner) if owner else None
-            if session is None or id(session) in self._claimed or session.common_prefix(messages) < k + 1:
+            if session is None or session.common_prefix(messages) < k + 1:
                 continue
             if session.common_prefix(messages) < len(session.messages):
                 session = session.fork(k + 1)  # another branch still uses the original
@@ -75,21 +75,33 @@ class SessionPool:
         return self._add_anonymous(self.monitor.new_session())
 
     @contextmanager
-    def _claim(self, messages: Sequence[Message], conversation_id: str | None) -> Iterator[TrajectorySession]:
-        """The conversation's session, found and claimed atomically; an anonymous one stays claimed (offered to no
-        other caller) until the block ends. A session named by id is shared by design (its lock orders callers)."""
-        with self._lock:
+    def _claim(self, messages: Sequence[Message], conversation_id: str | None,
+               mine: set[int] | None = None) -> Iterator[TrajectorySession]:
+        """The conversation's session, found and claimed atomically: an anonymous one is offered to no other caller
+        until the block ends (a caller matching it meanwhile waits, then matches again). A session named by id is
+        shared by design (its lock orders the callers). `mine`: the claims this caller already holds (returned
+        again without waiting; the caller forks them)."""
+        mine = mine if mine is not None else set()
+        with self._released:
             if conversation_id is not None:
-                session = self.get(conversation_id)
+                session, claimed = self.get(conversation_id), False
             else:
                 session = self._match(messages)
+                while id(session) in self._claimed and id(session) not in mine:
+                    self._released.wait()
+                    session = self._match(messages)
+                claimed = id(session) not in self._claimed
                 self._claimed.add(id(session))
+                if claimed:
+                    mine.add(id(session))
         try:
             yield session
         finally:
-            if conversation_id is None:
-                with self._lock:
+            if claimed:
+                with self._released:
                     self._claimed.discard(id(session))
+                    mine.discard(id(session))
+                    self._released.notify_all()
 
     def key_of(self, session: TrajectorySession) -> str | None:
         """The pool's name for a pooled session ('id:<conversation id>' or 'anon:<n>'); None if not pooled."""
@@ -132,9 +144,10 @@ class SessionPool:
         normalised = [(_normalise(m), cid) for m, cid in requests]
         sessions, new_parts = [], []
         seen: set[int] = set()
+        mine: set[int] = set()
         with ExitStack() as claims:
             for msgs, cid in normalised:
-                session = claims.enter_context(self._claim(msgs, cid))
+                session = claims.enter_context(self._claim(msgs, cid, mine))
                 if id(session) in seen:  # same conversation twice in one batch: keep it sequential
                     session = session.fork()
                 seen.add(id(session))
