@@ -29,7 +29,7 @@ import onnxruntime as ort
 from .errors import MessageError, MonitorError, PackageError
 from .labels import ACTIONS, CATEGORIES
 from .layout import MessageEncoder
-from .messages import Message, clean_text, normalize_messages
+from .messages import Message, normalize_messages
 from .package import MonitorPackage, check_graph_metadata
 from .runtime import open_session
 
@@ -608,7 +608,7 @@ class TrajectorySession:
         with self.lock:
             self._ensure_resident()
             assert self.cache is not None
-            ids = self.monitor.encoder.encode_partial(role, clean_text(text))
+            ids = self.monitor.encoder.encode_partial(role, text)
             if self.cache.length == 0:
                 ids = np.concatenate([self.monitor.encoder.bos_ids, ids]).astype(np.int64)
             room = self.monitor.context_limit - self.cache.length
