@@ -191,6 +191,28 @@ def test_pool_threads_continuing_one_conversation_keep_its_session(tiny_monitor:
     assert all(s is session for s in got) and session.state["terminated"]
 
 
+def test_pool_batches_in_opposite_orders_do_not_deadlock(tiny_monitor: Monitor, monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    original = TrajectorySession.extend_batch
+
+    def slow(sessions: Any, conversations: Any) -> Any:
+        time.sleep(0.05)
+        return original(sessions, conversations)
+
+    monkeypatch.setattr(TrajectorySession, "extend_batch", staticmethod(slow))
+    pool = SessionPool(tiny_monitor)
+    a, b = [SYSTEM, {"role": "user", "content": "a"}], [SYSTEM, {"role": "user", "content": "b"}]
+    pool.assess_many([(a, None), (b, None)])
+    more = {"role": "assistant", "content": "ok"}
+    orders = [[([*a, more], None), ([*b, more], None)], [([*b, more], None), ([*a, more], None)]] * 2
+    threads = [threading.Thread(target=pool.assess_many, args=(order,), daemon=True) for order in orders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+
+
 def test_guard_asyncio_callers_never_share_state(tiny_monitor: Monitor, slow_sync: None) -> None:
     g = Guard(monitor=tiny_monitor)
     g.check_input([SYSTEM, {"role": "user", "content": "warm"}])

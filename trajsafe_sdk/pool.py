@@ -80,7 +80,8 @@ class SessionPool:
         """The conversation's session, found and claimed atomically: an anonymous one is offered to no other caller
         until the block ends (a caller matching it meanwhile waits, then matches again). A session named by id is
         shared by design (its lock orders the callers). `mine`: the claims this caller already holds (returned
-        again without waiting; the caller forks them)."""
+        again without waiting; the caller forks them). A caller holding claims never waits (two such callers could
+        wait for each other): it continues on a pooled copy of the claimed session instead."""
         mine = mine if mine is not None else set()
         with self._released:
             if conversation_id is not None:
@@ -88,6 +89,9 @@ class SessionPool:
             else:
                 session = self._match(messages)
                 while id(session) in self._claimed and id(session) not in mine:
+                    if mine:
+                        session = self._add_anonymous(session.fork())
+                        break
                     self._released.wait()
                     session = self._match(messages)
                 claimed = id(session) not in self._claimed
