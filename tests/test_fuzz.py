@@ -1,11 +1,13 @@
 """Property tests of the hardening classes (issue 14): any score line, any message text, any mutated manifest.
 
-Kept small (a few dozen examples each, no deadline) so the default test run stays fast.
+Kept small (a few dozen examples each, no deadline) so the default test run stays fast; set
+`TRAJSAFE_FUZZ_EXAMPLES=N` for a deeper run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ from trajsafe_sdk.layout import ALL_SPECIAL_TOKENS
 from trajsafe_sdk.messages import Message
 from trajsafe_sdk.package import MANIFEST, MonitorPackage
 
-FAST = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+EXAMPLES = int(os.environ.get("TRAJSAFE_FUZZ_EXAMPLES", "30"))
+FAST = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 # text as hostile input comes: any code point (lone surrogates and control characters included), marker look-alikes
 hostile_char = st.one_of(st.characters(exclude_categories=()), st.sampled_from(["\ud800", "\udfff", "\x00", "\u202e",
@@ -119,7 +122,7 @@ def manifest_sandbox(tiny_package: Path, tmp_path_factory: pytest.TempPathFactor
 _DELETE = object()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES + 10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_mutated_manifests_load_or_raise_package_error(manifest_sandbox: tuple[Path, dict[str, Any]],
                                                        data: st.DataObject) -> None:
@@ -161,7 +164,7 @@ def default_monitor() -> Monitor:
 
 @pytest.mark.xfail(strict=False, reason="the shipped dynamic-int8 CPU variant quantises activations per run, so "
                    "turn-by-turn and one-run readings differ (up to ~0.1); fixed by the weight-only default variant")
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(15, EXAMPLES // 2), deadline=None, suppress_health_check=list(HealthCheck))
 @given(conv=conversation)
 def test_turn_by_turn_equals_one_run_on_the_default_package(default_monitor: Monitor, conv: list[Message]) -> None:
     from trajsafe_sdk.policy import Policy

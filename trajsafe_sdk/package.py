@@ -116,12 +116,12 @@ class MonitorPackage:
             raise PackageError(f"{folder}: missing {MANIFEST}; is this a TrajSafe monitor package?")
         try:
             manifest = json.loads(manifest_path.read_text())
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
             raise PackageError(f"{manifest_path}: not valid JSON ({type(exc).__name__}: {exc})") from exc
         try:
             return cls._verified(folder, manifest, verify)
         except (KeyError, TypeError, AttributeError, ValueError, IndexError, RecursionError) as exc:
-            # a safety net: every field is checked above, so this means a check is missing
+            # a safety net: _check_manifest checks every field read, so this means a check is missing
             raise PackageError(f"{manifest_path}: malformed manifest ({type(exc).__name__}: {exc})") from exc
 
     @classmethod
