@@ -89,9 +89,11 @@ def test_a_surrogate_never_disables_monitoring(tiny_monitor: Monitor) -> None:
 
 
 # -- long histories on first contact ---------------------------------------------------------------------------------
-@pytest.fixture()
-def small_context(tiny_package: Path) -> Monitor:
-    monitor = Monitor.load(tiny_package, provider="cpu", variant="fp32")
+@pytest.fixture(params=[("tiny_package", "fp32"), ("tiny_v2_package", "q4")], ids=["v1", "v2"])
+def small_context(request: pytest.FixtureRequest) -> Monitor:
+    """Both layout styles (one-token markers; several-token markers, v2) in a small context."""
+    package, variant = request.param
+    monitor = Monitor.load(request.getfixturevalue(package), provider="cpu", variant=variant)
     monitor.context_limit = 256  # 64-token messages: a few turns fill it
     return monitor
 

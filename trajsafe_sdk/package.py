@@ -29,8 +29,8 @@ MANIFEST = "monitor.json"
 REQUIRED_KEYS = ("schema_version", "name", "version", "labels", "layout", "context_limit", "architecture", "kv",
                  "files", "tokenizer", "policy")
 KV_DTYPE_NAMES = ("float32", "float16")
-# the graph's input dtype (`past_key.*`) and `trajsafe.float_dtype` for each declared variant dtype
-VARIANT_FLOAT_DTYPES = {"float32": "float32", "int8": "float32", "float16": "float16"}
+# the graph's `trajsafe.float_dtype` for the known variant dtypes (others are not checked)
+VARIANT_FLOAT_DTYPES = {"float32": "float32", "int8": "float32", "q4": "float32", "float16": "float16"}
 
 
 def default_package_path() -> Path:
@@ -194,9 +194,8 @@ def _check_manifest(manifest: Any, folder: Path) -> None:
     for variant, entry in files.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise PackageError(f"{where}: files.{variant} must be an object with a 'path' string")
-        if entry.get("dtype", "float32") not in VARIANT_FLOAT_DTYPES:
-            raise PackageError(f"{where}: files.{variant}.dtype {entry.get('dtype')!r} is not one of "
-                               f"{list(VARIANT_FLOAT_DTYPES)}")
+        if not isinstance(entry.get("dtype", "float32"), str):
+            raise PackageError(f"{where}: files.{variant}.dtype must be a string, got {entry.get('dtype')!r:.80}")
         if entry.get("kv_dtype", "float32") not in KV_DTYPE_NAMES:
             raise PackageError(f"{where}: files.{variant}.kv_dtype {entry.get('kv_dtype')!r} is not one of "
                                f"{list(KV_DTYPE_NAMES)}")
@@ -294,8 +293,8 @@ def check_graph_metadata(package: MonitorPackage, variant: str, inputs: dict[str
             raise PackageError(f"{where}: {name} has shape {shape}, expected [batch, {arch['num_kv_heads']} "
                                f"(num_kv_heads), capacity, {arch['head_dim']} (head_dim)]")
     float_dtype = metadata.get("trajsafe.float_dtype")
-    expected = VARIANT_FLOAT_DTYPES[entry.get("dtype", "float32")]
-    if float_dtype is not None and float_dtype != expected:
+    expected = VARIANT_FLOAT_DTYPES.get(entry.get("dtype", "float32"))
+    if float_dtype is not None and expected is not None and float_dtype != expected:
         raise PackageError(f"{where}: a {float_dtype} graph, but files.{variant}.dtype says {entry.get('dtype')}")
     try:
         graph_arch = json.loads(metadata.get("trajsafe.architecture", "{}"))
@@ -337,6 +336,7 @@ def write_package(
     max_message_tokens: int = 512,
     card: str | None = None,
     extra: dict[str, Any] | None = None,
+    layout: dict[str, Any] | None = None,
 ) -> Path:
     """Write a package folder.
 
@@ -361,7 +361,7 @@ def write_package(
         "name": name,
         "version": version,
         "labels": {"actions": ACTIONS, "categories": CATEGORIES, "risk": RISK_LABELS},
-        "layout": default_layout(max_message_tokens),
+        "layout": layout or default_layout(max_message_tokens),
         "context_limit": context_limit,
         "architecture": architecture,
         "kv": {"layout": "BNSH", "num_layers": architecture["num_layers"],
