@@ -238,13 +238,15 @@ def _last_layer_attention(b: _Builder, q: str, k: str, v: str, layer: int, arch:
 
 def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
                         float_dtype: str = "float32", max_positions: int = ROPE_POSITIONS,
-                        feature_output: bool = False) -> onnx.ModelProto:
+                        feature_output: bool = False, layout_ids: Mapping[str, Any] | None = None) -> onnx.ModelProto:
     """Build the monitor graph (inputs/outputs per docs/architecture.md, "ONNX graph contract").
 
     `weights` are float arrays with HF names; `arch` has `ARCH_KEYS`. `float_dtype="float16"` gives the fp16
     variant (fp16 weights, activations, KV and RoPE tables; norm statistics in float32; float32 logits).
     `max_positions` sizes the RoPE tables (positions, i.e. cache indices, must stay below it; recorded as
-    `trajsafe.max_positions`, which the runtime checks against the package's context limit).
+    `trajsafe.max_positions`, which the runtime checks against the package's context limit). `layout_ids`, the
+    marker ids the model was trained with (`trajsafe_sdk.package.marker_ids`), are recorded as
+    `trajsafe.layout_ids`; loading then refuses a package whose tokenizer and layout resolve to other ids.
 
     Projection weights may be `Q4Linear` and the embedding a `Q4Table` (weight-only 4-bit). With `head.{i}.*`
     weights, the labels come from a feature head over the outputs of `arch["feature_layers"]` at the score
@@ -366,8 +368,11 @@ def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
     arch_json["label_token_ids"] = label_ids
     if feature_head:
         arch_json["feature_layers"] = feature_layers
-    helper.set_model_props(model, {"trajsafe.architecture": json.dumps(arch_json), "trajsafe.float_dtype": float_dtype,
-                                   "trajsafe.kv_layout": KV_LAYOUT, "trajsafe.max_positions": str(max_positions)})
+    props = {"trajsafe.architecture": json.dumps(arch_json), "trajsafe.float_dtype": float_dtype,
+             "trajsafe.kv_layout": KV_LAYOUT, "trajsafe.max_positions": str(max_positions)}
+    if layout_ids is not None:
+        props["trajsafe.layout_ids"] = json.dumps(layout_ids, sort_keys=True)
+    helper.set_model_props(model, props)
     return model
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trajsafe_sdk.layout import LABEL_TOKENS, SPECIAL_TOKENS, default_layout, train_tokenizer
-from trajsafe_sdk.package import write_package
+from trajsafe_sdk.layout import LABEL_TOKENS, SPECIAL_TOKENS, MessageEncoder, default_layout, train_tokenizer
+from trajsafe_sdk.package import marker_ids, write_package
 
 from .graph import build_monitor_graph
 from .quant import Q4Linear, Q4Table
@@ -128,8 +128,9 @@ def build_tiny_package(
         arch["feature_layers"] = [0, num_layers - 1]
         weights = v2_weights(weights, arch, seed)
         layout.update(V2_MARKERS)
+    layout_ids = marker_ids(MessageEncoder(tokenizer, layout))
     fp32_path = out / "monitor.fp32.onnx"
-    onnx.save(build_monitor_graph(weights, arch), fp32_path)
+    onnx.save(build_monitor_graph(weights, arch, layout_ids=layout_ids), fp32_path)
     files: dict[str, dict[str, Any]] = {}
     for variant in variants:
         path = out / f"monitor.{variant}.onnx"
@@ -139,7 +140,7 @@ def build_tiny_package(
             quantize_int8(fp32_path, path)
             files[variant] = {"source": path, "dtype": "int8", "kv_dtype": "float32", "providers": ["cpu"]}
         elif variant == "fp16":
-            onnx.save(build_monitor_graph(weights, arch, float_dtype="float16"), path)
+            onnx.save(build_monitor_graph(weights, arch, float_dtype="float16", layout_ids=layout_ids), path)
             files[variant] = {"source": path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cpu"]}
         elif variant == "q4" and style == "v2":
             fp32_path.replace(path)

@@ -51,8 +51,10 @@ def to_fp16(model_fp32: onnx.ModelProto) -> onnx.ModelProto:
     float32)."""
     weights, arch = _weights_from_model(model_fp32)
     props = {p.key: p.value for p in model_fp32.metadata_props}
+    layout_ids = json.loads(props["trajsafe.layout_ids"]) if "trajsafe.layout_ids" in props else None
     return build_monitor_graph(weights, arch, float_dtype="float16",
-                               max_positions=int(props.get("trajsafe.max_positions", ROPE_POSITIONS)))
+                               max_positions=int(props.get("trajsafe.max_positions", ROPE_POSITIONS)),
+                               layout_ids=layout_ids)
 
 
 class _DropPreprocessHint(logging.Filter):

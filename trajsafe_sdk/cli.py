@@ -19,7 +19,8 @@ from typing import IO, Any
 from . import __version__
 from .errors import PackageError, ProviderError, TrajSafeError
 
-EXIT_OK, EXIT_FAILED_LINES, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED_LINES, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
 
 DESCRIPTION = """\
 TrajSafe: a trajectory-aware guardrail. A small monitor model reads the whole conversation and decides, before
@@ -27,7 +28,8 @@ every assistant reply, among allow, probe, steer, refuse and terminate. `trajsaf
 command.
 
 Every command takes --model DIR (a monitor package folder; default: the embedded monitor, or $TRAJSAFE_MODEL)
-and --provider auto|cpu|cuda. Exit codes: 0 ok, 1 some input lines failed, 2 usage, package or provider error.
+and --provider auto|cpu|cuda. Exit codes: 0 ok, 1 some input lines failed, 2 usage, package or provider error,
+3 internal error (a bug: please report it), 141 the output reader went away.
 """
 
 
@@ -216,7 +218,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise CliError(f"--engine ray needs Ray ({exc}); pip install 'trajsafe-sdk[ray]'") from exc
         return cli_score(args)
     # --- end engine ray --------------------------------------------------------------------------------------------
-    from .evaluation import LineError, Progress, read_lines, score_lines
+    from .evaluation import LineError, Progress, read_lines, result_json, score_lines
 
     scorer = _scorer(args)
     monitor = scorer.monitor
@@ -225,14 +227,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     with _open_in(args.input) as fin, _open_out(args.output) as fout:
         try:
             for result in score_lines(read_lines(fin), scorer, chunk_lines=args.chunk):
-                fout.write(json.dumps(result.to_dict()) + "\n")
-                is_error = isinstance(result, LineError)
+                line, error = result_json(result)
+                fout.write(line + "\n")
                 n += 1
-                failed += is_error
-                progress.update(1, result.size if is_error else result.conversation.size, int(is_error))
-                if is_error and not args.quiet:
+                failed += error is not None
+                progress.update(1, result.size if isinstance(result, LineError) else result.conversation.size,
+                                int(error is not None))
+                if error is not None and not args.quiet:
                     progress.close()
-                    print(f"trajsafe: line {result.line}: {result.error}", file=sys.stderr)
+                    print(f"trajsafe: line {error.line}: {error.error}", file=sys.stderr)
             fout.flush()
         finally:
             progress.close()
@@ -511,7 +514,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `trajsafe` console script."""
+    """Entry point of the `trajsafe` console script: exit codes 0, 1 (some lines failed), 2 (usage, package or
+    provider error), 3 (internal error: never 1, so a crash is never mistaken for failed lines), 141 (broken pipe)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the reader went away (e.g. `| head`): exit quietly
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("trajsafe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 (a bug: reported as one, with its own exit code)
+        import traceback
+
+        traceback.print_exc()
+        print(f"trajsafe: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 terminal gets escapes, not a UnicodeEncodeError
         with contextlib.suppress(AttributeError, ValueError):
@@ -541,13 +563,6 @@ def main(argv: list[str] | None = None) -> int:
     except TrajSafeError as exc:
         print(f"trajsafe: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)  # the reader went away (e.g. `| head`): exit quietly
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILED_LINES
-    except KeyboardInterrupt:
-        print("trajsafe: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -4,9 +4,14 @@ A `TrajectorySession` keeps one conversation's key/value cache in preallocated b
 doubling, never concatenated per turn). Each new message costs only its own tokens: the graph takes the buffers
 whole and writes the new tokens' keys/values in place after the cached prefix (`present_*` bound to `past_*`).
 
-Context overflow policy: when a conversation no longer fits `context_limit`, the session re-encodes once a window
-made of the leading system message(s) plus the most recent messages that fit in `window_fraction` of the context
-(default 3/4, leaving room for the next turns before the next re-encode). The full transcript is kept.
+Context overflow policy: when the next message no longer fits `context_limit`, the session re-encodes once a window
+made of the leading system message(s) plus the most recent messages that fit in `WINDOW_FRACTION` of the context
+(3/4, leaving room for the next turns before the next re-encode); system messages take only what leaves room for the
+newest message. Messages are read as if they came one by one: a long history given at once (a first read, a rebuild
+after eviction) is read in as many runs as the windows need, and every message gets its Assessment. The full
+transcript is kept.
+
+Fail closed: label logits that are not finite (NaN, or inf from an fp16 overflow) are a `MonitorError`, never scores.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -25,11 +30,12 @@ from .errors import MessageError, MonitorError, PackageError
 from .labels import ACTIONS, CATEGORIES
 from .layout import MessageEncoder
 from .messages import Message, normalize_messages
-from .package import MonitorPackage
+from .package import MonitorPackage, check_graph_metadata
 from .runtime import open_session
 
 N_ACT, N_CAT = len(ACTIONS), len(CATEGORIES)
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+WINDOW_FRACTION = 0.75  # share of the context a re-encoded window may fill
 
 
 @dataclass
@@ -230,6 +236,7 @@ class Monitor:
         return cls(MonitorPackage.load(path), provider=provider, variant=variant, threads=threads)
 
     def _check_graph(self) -> None:
+        """The graph follows the contract and matches the package (checked at load, not on first use)."""
         inputs = {i.name for i in self.ort_session.get_inputs()}
         expected = {"input_ids", "seqlens_k", "total_sequence_length", "score_positions"}
         expected |= {f"past_{kind}.{i}" for i in range(self.num_layers) for kind in ("key", "value")}
@@ -239,7 +246,12 @@ class Monitor:
             raise PackageError(f"{self.package.path}: ONNX inputs {sorted(inputs)} do not match the graph contract "
                                f"(expected {sorted(expected)}) for {self.num_layers} layers{hint}")
         meta = self.ort_session.get_modelmeta().custom_metadata_map
-        self.max_positions = int(meta.get("trajsafe.max_positions", 0)) or None
+        check_graph_metadata(self.package, self.variant,
+                             {i.name: (list(i.shape), i.type) for i in self.ort_session.get_inputs()}, meta)
+        try:
+            self.max_positions = int(meta.get("trajsafe.max_positions", 0)) or None
+        except ValueError as exc:
+            raise PackageError(f"{self.package.path}: unreadable trajsafe.max_positions in the graph ({exc})") from exc
         if self.max_positions and self.context_limit > self.max_positions:
             raise PackageError(f"{self.package.path}: context_limit {self.context_limit} exceeds the graph's RoPE "
                                f"tables ({self.max_positions} positions)")
@@ -270,8 +282,14 @@ class Monitor:
         """
         if len(caches) > 1 and not any(c.length for c in caches) \
                 and not any(isinstance(c, DeviceKVCache) for c in caches):  # device caches stay on the device
-            return self._run_batch(caches, new_ids, score_positions)
-        return [self._run_single(c, x, p) for c, x, p in zip(caches, new_ids, score_positions, strict=True)]
+            out = self._run_batch(caches, new_ids, score_positions)
+        else:
+            out = [self._run_single(c, x, p) for c, x, p in zip(caches, new_ids, score_positions, strict=True)]
+        for logits in out:
+            if not np.isfinite(logits).all():  # fail closed: a broken reading is never a low risk
+                raise MonitorError(f"the monitor returned non-finite label logits (NaN or inf) on {self.provider} "
+                                   f"({self.variant}); the scores cannot be used")
+        return out
 
     def _run_single(self, cache: KVCache, ids: np.ndarray, positions: Sequence[int]) -> np.ndarray:
         past, t = cache.length, len(ids)
@@ -349,6 +367,16 @@ class Monitor:
         return results
 
 
+class _Plan(NamedTuple):
+    """One run of a session: token ids after the cache, the positions scored, where each message starts, and how
+    many of the new messages it reads."""
+
+    ids: np.ndarray
+    score_positions: list[int]
+    starts: list[int]
+    count: int
+
+
 @dataclass
 class _Span:
     """Where a message sits in the cache (token offsets), if it is in the current window."""
@@ -397,35 +425,53 @@ class TrajectorySession:
 
     @staticmethod
     def extend_batch(sessions: Sequence[TrajectorySession], conversations: Sequence[object]) -> list[list[Assessment]]:
-        """Extend several sessions in one batched run (the sessions must be distinct)."""
+        """Extend several sessions in one batched run (the sessions must be distinct).
+
+        On failure no session keeps any of the new messages (their caches are rebuilt on next use).
+        """
         if not sessions:
             return []
-        monitor = sessions[0].monitor
         normalised = [_normalise(c) for c in conversations]  # validate all before touching any state
         for s in sessions:
             s.lock.acquire()
         try:
+            before = [len(s.messages) for s in sessions]
             try:
-                plans = [s._plan(msgs) for s, msgs in zip(sessions, normalised, strict=True)]
-                started = time.perf_counter()
-                active = [i for i, p in enumerate(plans) if len(p[0])]
-                logits: dict[int, np.ndarray] = {}
-                if active:
-                    out = monitor.run([sessions[i].cache for i in active], [plans[i][0] for i in active],
-                                      [plans[i][1] for i in active])
-                    logits = dict(zip(active, out, strict=True))
-                elapsed = (time.perf_counter() - started) * 1000
+                return TrajectorySession._read(sessions, normalised)
             except Exception:
-                for s in sessions:  # keep the transcripts; the caches are rebuilt on next use
+                for s, n in zip(sessions, before, strict=True):  # keep the old transcripts; rebuilt on next use
                     s.evict()
+                    s.truncate(n)
                 raise
-            results = []
-            for i, (s, msgs) in enumerate(zip(sessions, normalised, strict=True)):
-                results.append(s._commit(msgs, plans[i], logits.get(i), elapsed))
-            return results
         finally:
             for s in sessions:
                 s.lock.release()
+
+    @staticmethod
+    def _read(sessions: Sequence[TrajectorySession], conversations: Sequence[list[Message]],
+              assess: bool = True) -> list[list[Assessment]]:
+        """Read each session's new messages in as few batched runs as the context allows (the caller holds the
+        locks). A run takes the messages that fit after the cache; a message that does not fit re-windows first."""
+        monitor = sessions[0].monitor
+        results: list[list[Assessment]] = [[] for _ in sessions]
+        pending = [list(c) for c in conversations]
+        todo = list(range(len(sessions)))  # every session once (an evicted one is rebuilt), then those with more
+        while todo:
+            plans = {i: sessions[i]._plan(pending[i]) for i in todo}
+            started = time.perf_counter()
+            active = [i for i in todo if len(plans[i].ids)]
+            logits: dict[int, np.ndarray] = {}
+            if active:
+                out = monitor.run([sessions[i].cache for i in active], [plans[i].ids for i in active],
+                                  [plans[i].score_positions for i in active])
+                logits = dict(zip(active, out, strict=True))
+            elapsed = (time.perf_counter() - started) * 1000
+            for i in todo:
+                plan = plans[i]
+                read, pending[i] = pending[i][: plan.count], pending[i][plan.count :]
+                results[i] += sessions[i]._commit(read, plan, logits.get(i) if assess else None, elapsed)
+            todo = [i for i in todo if pending[i]]
+        return results
 
     def _ensure_resident(self) -> None:
         """Rebuild the cache from the transcript after an eviction (or create it)."""
@@ -436,76 +482,78 @@ class TrajectorySession:
         if transcript:
             self.rebuilds += 1
             try:
-                plan = self._plan(transcript)
-                if len(plan[0]):
-                    self.monitor.run([self.cache], [plan[0]], [plan[1]])
+                TrajectorySession._read([self], [transcript], assess=False)
             except BaseException:  # a failed rebuild keeps the transcript (and stays evicted)
                 self.cache, self.messages, self.spans = None, transcript, []
                 raise
-            self._commit(transcript, plan, None, 0.0)
 
-    def _plan(self, new: list[Message]) -> tuple[np.ndarray, list[int], list[int]]:
-        """Token ids for `new` after the cached prefix; re-window first if it would overflow the context."""
+    def _plan(self, new: list[Message]) -> _Plan:
+        """Token ids for the first messages of `new` that fit after the cached prefix (all of them, usually); when
+        not even the first one fits, a re-windowed cache ending with it."""
         self._ensure_resident()
         assert self.cache is not None
-        encoded = [self.monitor.encoder.encode_message(m) for m in new]
-        needed = sum(len(e) for e in encoded) + (0 if self.cache.length else len(self.monitor.encoder.bos_ids))
-        if self.cache.length + needed > self.monitor.context_limit:
-            return self._plan_window(new, encoded)
+        enc = self.monitor.encoder
+        room = self.monitor.context_limit - self.cache.length - (0 if self.cache.length else len(enc.bos_ids))
+        encoded: list[np.ndarray] = []
+        for msg in new:
+            ids = enc.encode_message(msg)
+            if len(ids) > room:
+                break
+            encoded.append(ids)
+            room -= len(ids)
+        if new and not encoded:
+            return self._plan_window(new[0], enc.encode_message(new[0]))
         chunks, offset = [], 0
         if self.cache.length == 0:
-            chunks.append(np.asarray(self.monitor.encoder.bos_ids, np.int64))
-            offset = len(chunks[0])
+            chunks.append(np.asarray(enc.bos_ids, np.int64))
+            offset = len(enc.bos_ids)
         score_positions, starts = [], []
-        for msg, ids in zip(new, encoded, strict=True):
+        for msg, ids in zip(new, encoded, strict=False):
             starts.append(self.cache.length + offset)
             chunks.append(ids)
             offset += len(ids)
-            if self.monitor.encoder.assesses(msg):
+            if enc.assesses(msg):
                 score_positions.append(offset - 1)
         ids = np.concatenate(chunks) if chunks else np.empty(0, np.int64)  # nothing new: an empty plan
-        return ids, score_positions, starts
+        return _Plan(ids, score_positions, starts, len(encoded))
 
-    def _plan_window(self, new: list[Message], encoded: list[np.ndarray]) -> tuple[np.ndarray, list[int], list[int]]:
-        """Context overflow: restart the cache with system messages + the most recent window."""
-        enc = self.monitor.encoder
-        everything = self.messages + new
-        all_ids = [enc.encode_message(m) for m in self.messages] + encoded
-        budget = int(self.monitor.context_limit * 0.75) - 1
-        keep = [i for i, m in enumerate(everything) if m.role == "system" and i < 1 + _first_non_system(everything)]
-        used = sum(len(all_ids[i]) for i in keep)
-        recent: list[int] = []
-        for i in range(len(everything) - 1, -1, -1):
-            if i in keep:
-                continue
-            if used + len(all_ids[i]) > budget and recent:
+    def _plan_window(self, new: Message, new_ids: np.ndarray) -> _Plan:
+        """Context overflow: restart the cache with the leading system messages and the most recent messages that
+        fit the window budget, then `new`. System messages are kept (in order) only while they leave room for `new`,
+        so the window always fits the context (and the RoPE tables), however long the system prompt."""
+        enc, old = self.monitor.encoder, self.messages
+        budget = int(self.monitor.context_limit * WINDOW_FRACTION) - len(enc.bos_ids)
+        if len(enc.bos_ids) + len(new_ids) > self.monitor.context_limit:
+            raise MessageError(f"message {len(old)} alone does not fit the context ({self.monitor.context_limit})")
+        used, window = len(new_ids), {}
+        n_system = _first_non_system(old)
+        for i in range(n_system):  # the leading system messages first
+            ids = enc.encode_message(old[i])
+            if used + len(ids) > budget:
                 break
-            recent.append(i)
-            used += len(all_ids[i])
-        window = sorted(set(keep) | set(recent))
+            window[i] = ids
+            used += len(ids)
+        for i in range(len(old) - 1, n_system - 1, -1):  # then the most recent messages
+            ids = enc.encode_message(old[i])
+            if used + len(ids) > budget:
+                break
+            window[i] = ids
+            used += len(ids)
         self.cache.truncate(0)  # type: ignore[union-attr]
-        self.spans = [None] * len(self.messages)
-        first_new = len(self.messages)
-        chunks = [np.asarray(enc.bos_ids, np.int64)]
-        offset, score_positions, starts = len(enc.bos_ids), [], []
-        for i in window:
-            chunks.append(all_ids[i])
-            if i < first_new:
-                self.spans[i] = _Span(offset, offset + len(all_ids[i]))
-            else:
-                starts.append(offset)
-                if enc.assesses(everything[i]):
-                    score_positions.append(offset + len(all_ids[i]) - 1)
-            offset += len(all_ids[i])
-        for i in range(first_new, len(everything)):  # new messages that did not fit are not read
-            if i not in window:
-                raise MessageError(f"message {i} alone does not fit the context ({self.monitor.context_limit})")
-        return np.concatenate(chunks), score_positions, starts
+        self.spans = [None] * len(old)
+        chunks, offset = [np.asarray(enc.bos_ids, np.int64)], len(enc.bos_ids)
+        for i in sorted(window):
+            chunks.append(window[i])
+            self.spans[i] = _Span(offset, offset + len(window[i]))
+            offset += len(window[i])
+        chunks.append(new_ids)
+        score_positions = [offset + len(new_ids) - 1] if enc.assesses(new) else []
+        return _Plan(np.concatenate(chunks), score_positions, [offset], 1)
 
-    def _commit(self, new: list[Message], plan: tuple[np.ndarray, list[int], list[int]],
-                logits: np.ndarray | None, elapsed_ms: float) -> list[Assessment]:
-        """Record the new messages and turn label logits into Assessments."""
-        ids, _, starts = plan
+    def _commit(self, new: list[Message], plan: _Plan, logits: np.ndarray | None,
+                elapsed_ms: float) -> list[Assessment]:
+        """Record the messages `plan` read and turn label logits into Assessments."""
+        ids, _, starts, _ = plan
         first_index = len(self.messages)
         prefix_before = self.num_tokens - len(ids)
         self.tokens_processed += len(ids)
@@ -563,13 +611,17 @@ class TrajectorySession:
             ids = self.monitor.encoder.encode_partial(role, text)
             if self.cache.length == 0:
                 ids = np.concatenate([self.monitor.encoder.bos_ids, ids]).astype(np.int64)
-            if self.cache.length + len(ids) > self.monitor.context_limit:
-                ids = ids[-(self.monitor.context_limit - self.cache.length):]
+            room = self.monitor.context_limit - self.cache.length
+            if room < 1:
+                raise MonitorError(f"no room left in the context ({self.monitor.context_limit}) for a partial reading")
+            ids = ids[-room:]
             keep = self.cache.length
             started = time.perf_counter()
-            logits = self.monitor.run([self.cache], [ids], [[len(ids) - 1]])[0]
+            try:
+                logits = self.monitor.run([self.cache], [ids], [[len(ids) - 1]])[0]
+            finally:
+                self.cache.truncate(keep)
             elapsed = (time.perf_counter() - started) * 1000
-            self.cache.truncate(keep)
             act, cat, risk = split_label_logits(logits[0])
             return Assessment(len(self.messages), role, act, cat, float(risk), len(ids), elapsed, partial=True)
 

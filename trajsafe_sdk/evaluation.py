@@ -2,7 +2,9 @@
 
 Input is JSONL, one conversation per line: ``{"id": ..., "messages": [{"role", "content"}, ...]}`` plus, for
 evaluation, ``"label": "harmful"|"benign"`` and optional ``"category"`` and ``"source"``. Lines are read lazily and
-scored in chunks (default 64 lines), so memory does not grow with the number of lines. Inside a chunk, conversations
+scored in chunks (default 64 lines), so memory does not grow with the number of lines. Whatever a line holds (invalid
+UTF-8 or JSON, lone surrogates, deep nesting, huge numbers, non-finite ids), it yields a decision line or an error
+record, and every output line is valid JSON (`result_json`). Inside a chunk, conversations
 of similar length go together into batched runs (`TrajectorySession.extend_batch`; 16 per run on CUDA) and runs go
 to worker threads (on CPU one per core, each run single-threaded: measured faster than multi-threaded or batched
 runs of this small graph on CPU). A bad line becomes a `LineError` in place and the rest is still scored.
@@ -29,7 +31,7 @@ from typing import IO, Any
 from .core import Assessment, Monitor, TrajectorySession
 from .decision import DECISION_FIELDS, Decision
 from .errors import MessageError, TrajSafeError
-from .messages import Message, normalize_messages
+from .messages import Message, clean_text, normalize_messages
 from .policy import Policy
 from .training.metrics import breakdown, conversation_metrics
 
@@ -110,16 +112,20 @@ def parse_line(raw: bytes | str, line: int, labelled: bool = False,
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return LineError(line, None, f"invalid JSON: {exc.msg} at column {exc.colno}", size)
+    except RecursionError:
+        return LineError(line, None, "invalid JSON: nested too deeply", size)
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        return LineError(line, None, f"invalid JSON: {exc}", size)
     if not isinstance(obj, dict):
         return LineError(line, None, f"expected a JSON object with 'messages', got a JSON {_json_type(obj)}", size)
-    conv_id = obj.get("id")
+    conv_id = json_safe_id(obj.get("id"))
     if "messages" not in obj:
         return LineError(line, conv_id, "missing 'messages' (a list of {'role', 'content'} objects)", size)
     raw_messages = obj["messages"]
     if not isinstance(raw_messages, list):
         return LineError(line, conv_id, f"'messages' must be a list, got a JSON {_json_type(raw_messages)}", size)
     try:
-        messages = normalize_messages(raw_messages)
+        messages = normalize_messages(raw_messages, strict=True)
     except MessageError as exc:
         return LineError(line, conv_id, str(exc), size)
     conv = Conversation(line, conv_id, messages, size=size)
@@ -134,8 +140,42 @@ def parse_line(raw: bytes | str, line: int, labelled: bool = False,
         conv.category = obj.get("category") or ("benign" if label == "benign" else None)
     for key in fields:
         value = obj.get(key)
-        conv.fields[key] = value if value is None or isinstance(value, str | int | float | bool) else json.dumps(value)
+        conv.fields[key] = json_safe_id(value) if value is None or isinstance(value, str | int | float | bool) \
+            else json_safe_id(_json_text(value))
     return conv
+
+
+def json_safe_id(value: Any) -> Any:
+    """`value` as it can be echoed in strict JSON: non-finite numbers become the strings "NaN", "Infinity" and
+    "-Infinity", lone surrogates in text become U+FFFD, and a structure that cannot be written becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return clean_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return value if _json_text(value) is not None else None
+
+
+def _json_text(value: Any) -> str | None:
+    """Strict JSON of `value`, or None when it has none (NaN, lone surrogates, too deep, too large a number)."""
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        return None
+    return text
+
+
+def result_json(result: Result) -> tuple[str, LineError | None]:
+    """The output line of `result` (strict JSON, ASCII) and, for an error record, its error; a result that cannot be
+    written becomes an error record for its line."""
+    try:
+        return json.dumps(result.to_dict(), allow_nan=False), result if isinstance(result, LineError) else None
+    except (ValueError, TypeError, RecursionError) as exc:
+        line = result.line if isinstance(result, LineError) else result.conversation.line
+        error = LineError(line, None, f"the result cannot be written as JSON ({exc})")
+        return json.dumps(error.to_dict()), error
 
 
 def _json_type(value: object) -> str:
@@ -200,9 +240,12 @@ class Scorer:
 
         def run(task: list[int]) -> list[Result]:
             batch = [conversations[i] for i in task]
-            if len(batch) == 1 and self._token_count(batch[0].messages) > self.monitor.context_limit:
-                return [self._score_incremental(batch[0])]
-            return self._score_batch(batch)
+            try:
+                if len(batch) == 1 and self._token_count(batch[0].messages) > self.monitor.context_limit:
+                    return [self._score_incremental(batch[0])]
+                return self._score_batch(batch)
+            except Exception as exc:  # noqa: BLE001 (a line never ends the run)
+                return [LineError(c.line, c.id, f"cannot score: {_describe(exc)}", c.size) for c in batch]
 
         if self.workers > 1 and len(tasks) > 1:
             if self._executor is None:
@@ -239,9 +282,9 @@ class Scorer:
         started = time.perf_counter()
         try:
             assessed = TrajectorySession.extend_batch(sessions, [c.messages for c in batch])
-        except (TrajSafeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 (a line never ends the run)
             if len(batch) == 1:
-                return [LineError(batch[0].line, batch[0].id, f"cannot score: {exc}", batch[0].size)]
+                return [LineError(batch[0].line, batch[0].id, f"cannot score: {_describe(exc)}", batch[0].size)]
             return [r for c in batch for r in self._score_batch([c])]  # isolate the failing line(s)
         elapsed = (time.perf_counter() - started) * 1000
         total = sum(s.num_tokens for s in sessions) or 1
@@ -273,13 +316,18 @@ class Scorer:
                 assessments = session.extend(segment)
                 latency += (time.perf_counter() - started) * 1000
                 decided += [a for a in assessments if a.role == "user"]
-        except (TrajSafeError, ValueError) as exc:
-            return LineError(conv.line, conv.id, f"cannot score: {exc}", conv.size)
+        except Exception as exc:  # noqa: BLE001 (a line never ends the run)
+            return LineError(conv.line, conv.id, f"cannot score: {_describe(exc)}", conv.size)
         return Scored(conv, self._decide(decided), session.tokens_processed, latency)
 
     def _decide(self, assessments: list[Assessment]) -> list[Decision]:
         state: dict[str, Any] = {}
         return [self.policy.decide(a, state) for a in assessments]
+
+
+def _describe(exc: BaseException) -> str:
+    """An error for a record: the SDK's own errors say what is wrong; others are named (an internal failure)."""
+    return str(exc) if isinstance(exc, TrajSafeError) else f"internal error ({type(exc).__name__}: {exc})"
 
 
 def _segments(messages: list[Message]) -> Iterator[list[Message]]:
@@ -298,11 +346,18 @@ def score_lines(lines: Iterable[tuple[int, bytes]], scorer: Scorer, labelled: bo
                 chunk_lines: int = CHUNK_LINES, fields: Sequence[str] = ()) -> Iterator[Result]:
     """Parse and score numbered lines chunk by chunk; one Result per line, in order."""
     for chunk in chunked(lines, chunk_lines):
-        parsed = [parse_line(raw, number, labelled, fields) for number, raw in chunk]
+        parsed = [_parse_safely(raw, number, labelled, fields) for number, raw in chunk]
         valid = [p for p in parsed if isinstance(p, Conversation)]
         scored = iter(scorer.score(valid))
         for p in parsed:
             yield p if isinstance(p, LineError) else next(scored)
+
+
+def _parse_safely(raw: bytes | str, line: int, labelled: bool, fields: Sequence[str]) -> Conversation | LineError:
+    try:
+        return parse_line(raw, line, labelled, fields)
+    except Exception as exc:  # noqa: BLE001 (a line never ends the run)
+        return LineError(line, None, f"cannot read the line: {_describe(exc)}", len(raw))
 
 
 def last_message_baseline(conv: Conversation) -> list[Conversation]:

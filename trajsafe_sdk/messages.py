@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -10,23 +11,34 @@ from .errors import MessageError
 
 ROLES = ("system", "user", "assistant", "tool")
 ROLE_ALIASES = {"developer": "system", "human": "user", "ai": "assistant", "function": "tool"}
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
 class Message:
-    """One normalised message: `role` is one of ROLES, `content` is text."""
+    """One normalised message: `role` is one of ROLES, `content` is text (always encodable: see `clean_text`)."""
 
     role: str
     content: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.content, str) and not self.content.isascii():
+            object.__setattr__(self, "content", clean_text(self.content))
 
     def to_dict(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
 
 
-def _content_text(content: object, where: str) -> str:
+def clean_text(text: str) -> str:
+    """`text` with lone surrogates (code points that cannot be encoded as UTF-8, e.g. from a JSON "\\ud800" escape)
+    replaced by U+FFFD, so that every string can be tokenised and hashed."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def _content_text(content: object, where: str, strict: bool = False) -> str:
     if isinstance(content, str):
         return content
-    if content is None:
+    if content is None and not strict:
         return ""
     if isinstance(content, list):  # OpenAI content parts: keep the text parts
         texts = []
@@ -40,11 +52,16 @@ def _content_text(content: object, where: str) -> str:
             else:
                 raise MessageError(f"{where}: content parts must be strings or {{'type': 'text', 'text': str}}")
         return "\n".join(texts)
-    raise MessageError(f"{where}: content must be a string (or a list of text parts), got {type(content).__name__}")
+    got = "null" if content is None else type(content).__name__
+    raise MessageError(f"{where}: content must be a string (or a list of text parts), got {got}")
 
 
-def to_message(obj: object, index: int = 0) -> Message:
-    """Normalise one message given as a `Message`, a mapping or an object with `role`/`content` attributes."""
+def to_message(obj: object, index: int = 0, strict: bool = False) -> Message:
+    """Normalise one message given as a `Message`, a mapping or an object with `role`/`content` attributes.
+
+    Content is read as text (lone surrogates replaced, see `clean_text`); `None` reads as empty text unless `strict`
+    (the JSONL input contract of `trajsafe score`, DESIGN.md §5, where non-string content is an error).
+    """
     where = f"message {index}"
     if isinstance(obj, Message):
         return obj
@@ -62,16 +79,16 @@ def to_message(obj: object, index: int = 0) -> Message:
     role = ROLE_ALIASES.get(role.lower(), role.lower())
     if role not in ROLES:
         raise MessageError(f"{where}: unknown role {role!r}; expected one of system, developer, user, assistant, tool")
-    return Message(role, _content_text(content, where))
+    return Message(role, _content_text(content, where, strict))
 
 
-def normalize_messages(messages: object) -> list[Message]:
-    """Validate a conversation (a list of messages, or a single user string)."""
+def normalize_messages(messages: object, strict: bool = False) -> list[Message]:
+    """Validate a conversation (a list of messages, or a single user string); `strict` as in `to_message`."""
     if isinstance(messages, str):
         return [Message("user", messages)]
     if isinstance(messages, Mapping) or not isinstance(messages, Iterable):
         raise MessageError(f"expected a list of messages or a string, got {type(messages).__name__}")
-    out = [to_message(m, i) for i, m in enumerate(messages)]
+    out = [to_message(m, i, strict) for i, m in enumerate(messages)]
     if not out:
         raise MessageError("the conversation is empty; expected at least one message")
     return out

@@ -3,14 +3,17 @@
 A conversation is found by its id when the application has one, otherwise by the longest cached message prefix
 (a stateless caller that re-sends the whole history pays only for the new messages). When the KV caches of all
 sessions exceed `memory_budget_bytes`, the least recently used sessions drop their caches; their transcripts stay,
-so the next call rebuilds them transparently (one re-read). Thread-safe.
+so the next call rebuilds them transparently (one re-read). Thread-safe: an anonymous session is matched and claimed
+in one step under the pool lock, so two callers never share one: a caller whose match is claimed by another waits
+for it, then matches again (it then continues the same conversation, or forks a diverged one).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 from .core import Assessment, Monitor, TrajectorySession, _normalise
 from .messages import Message, prefix_keys
@@ -32,6 +35,8 @@ class SessionPool:
         self._total_bytes = 0  # running sum of _bytes (O(1) budget checks)
         self._key_of: dict[int, str] = {}  # id(session) -> key (a fork or a reset session is never mistaken for it)
         self._lock = threading.RLock()
+        self._claimed: set[int] = set()  # id() of the anonymous sessions a caller is matching and reading now
+        self._released = threading.Condition(self._lock)  # notified when a claim ends
         self._anon_counter = 0
         self.evictions = 0
 
@@ -52,18 +57,55 @@ class SessionPool:
     def match(self, messages: Sequence[Message]) -> TrajectorySession:
         """The anonymous session holding the longest prefix of `messages` (forked if it has diverged)."""
         with self._lock:
-            keys = prefix_keys(messages)
-            for k in range(len(keys) - 1, -1, -1):
-                owner = self._prefix_index.get(keys[k])
-                session = self._sessions.get(owner) if owner else None
-                if session is None or session.common_prefix(messages) < k + 1:
-                    continue
-                if session.common_prefix(messages) < len(session.messages):
-                    session = session.fork(k + 1)  # another branch still uses the original
-                    return self._add_anonymous(session)
-                self._sessions.move_to_end(owner)  # type: ignore[arg-type]
-                return session
-            return self._add_anonymous(self.monitor.new_session())
+            return self._match(messages)
+
+    def _match(self, messages: Sequence[Message]) -> TrajectorySession:
+        """`match`; the caller holds the pool lock."""
+        keys = prefix_keys(messages)
+        for k in range(len(keys) - 1, -1, -1):
+            owner = self._prefix_index.get(keys[k])
+            session = self._sessions.get(owner) if owner else None
+            if session is None or session.common_prefix(messages) < k + 1:
+                continue
+            if session.common_prefix(messages) < len(session.messages):
+                session = session.fork(k + 1)  # another branch still uses the original
+                return self._add_anonymous(session)
+            self._sessions.move_to_end(owner)  # type: ignore[arg-type]
+            return session
+        return self._add_anonymous(self.monitor.new_session())
+
+    @contextmanager
+    def _claim(self, messages: Sequence[Message], conversation_id: str | None,
+               mine: set[int] | None = None) -> Iterator[TrajectorySession]:
+        """The conversation's session, found and claimed atomically: an anonymous one is offered to no other caller
+        until the block ends (a caller matching it meanwhile waits, then matches again). A session named by id is
+        shared by design (its lock orders the callers). `mine`: the claims this caller already holds (returned
+        again without waiting; the caller forks them). A caller holding claims never waits (two such callers could
+        wait for each other): it continues on a pooled copy of the claimed session instead."""
+        mine = mine if mine is not None else set()
+        with self._released:
+            if conversation_id is not None:
+                session, claimed = self.get(conversation_id), False
+            else:
+                session = self._match(messages)
+                while id(session) in self._claimed and id(session) not in mine:
+                    if mine:
+                        session = self._add_anonymous(session.fork())
+                        break
+                    self._released.wait()
+                    session = self._match(messages)
+                claimed = id(session) not in self._claimed
+                self._claimed.add(id(session))
+                if claimed:
+                    mine.add(id(session))
+        try:
+            yield session
+        finally:
+            if claimed:
+                with self._released:
+                    self._claimed.discard(id(session))
+                    mine.discard(id(session))
+                    self._released.notify_all()
 
     def key_of(self, session: TrajectorySession) -> str | None:
         """The pool's name for a pooled session ('id:<conversation id>' or 'anon:<n>'); None if not pooled."""
@@ -96,9 +138,9 @@ class SessionPool:
                conversation_id: str | None = None) -> tuple[TrajectorySession, list[Assessment]]:
         """Bring the conversation's session to exactly `messages`; Assessments of the messages read now."""
         msgs = _normalise(messages)
-        session = self.get(conversation_id) if conversation_id is not None else self.match(msgs)
-        assessments = session.sync(msgs)
-        self._after_update(session)
+        with self._claim(msgs, conversation_id) as session:
+            assessments = session.sync(msgs)
+            self._after_update(session)
         return session, assessments
 
     def assess_many(self, requests: Sequence[tuple[object, str | None]]) -> list[list[Assessment]]:
@@ -106,19 +148,21 @@ class SessionPool:
         normalised = [(_normalise(m), cid) for m, cid in requests]
         sessions, new_parts = [], []
         seen: set[int] = set()
-        for msgs, cid in normalised:
-            session = self.get(cid) if cid is not None else self.match(msgs)
-            if id(session) in seen:  # same conversation twice in one batch: keep it sequential
-                session = session.fork()
-            seen.add(id(session))
-            with session.lock:
-                n = session.common_prefix(msgs)
-                session.truncate(n)
-            sessions.append(session)
-            new_parts.append(msgs[n:])
-        results = TrajectorySession.extend_batch(sessions, new_parts)
-        for s in sessions:
-            self._after_update(s)
+        mine: set[int] = set()
+        with ExitStack() as claims:
+            for msgs, cid in normalised:
+                session = claims.enter_context(self._claim(msgs, cid, mine))
+                if id(session) in seen:  # same conversation twice in one batch: keep it sequential
+                    session = session.fork()
+                seen.add(id(session))
+                with session.lock:
+                    n = session.common_prefix(msgs)
+                    session.truncate(n)
+                sessions.append(session)
+                new_parts.append(msgs[n:])
+            results = TrajectorySession.extend_batch(sessions, new_parts)
+            for s in sessions:
+                self._after_update(s)
         return results
 
     def _after_update(self, session: TrajectorySession) -> None:

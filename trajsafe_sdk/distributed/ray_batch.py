@@ -42,7 +42,7 @@ from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
 from ..errors import PackageError
-from ..evaluation import CHUNK_LINES, LineError, Scorer, chunked, read_lines, score_lines
+from ..evaluation import CHUNK_LINES, Scorer, chunked, read_lines, result_json, score_lines
 
 MANIFEST = "_SUCCESS.json"
 ROWS_PER_BLOCK = 256  # lines per block read (the unit of work handed to an actor)
@@ -213,10 +213,10 @@ class ScoreWorker:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         numbered = zip(batch.column("line").to_pylist(), batch.column("raw").to_pylist(), strict=True)
-        results = list(score_lines(numbered, self.scorer, chunk_lines=self.chunk_lines))
+        lines = [result_json(r) for r in score_lines(numbered, self.scorer, chunk_lines=self.chunk_lines)]
         return pa.table({"source": batch.column("source"), "line": batch.column("line"),
-                         "out": pa.array([json.dumps(r.to_dict()) for r in results], pa.string()),
-                         "failed": pa.array([isinstance(r, LineError) for r in results], pa.bool_())})
+                         "out": pa.array([text for text, _ in lines], pa.string()),
+                         "failed": pa.array([error is not None for _, error in lines], pa.bool_())})
 
 
 # ---------------------------------------------------------------------------------------------------- writing

@@ -27,7 +27,7 @@ from ..kernels.graph import build_monitor_graph
 from ..labels import ACTIONS
 from ..layout import MessageEncoder
 from ..messages import Message
-from ..package import write_package
+from ..package import marker_ids, write_package
 from .head import HeadConfig, build_rows, record_logits, train_head
 from .pretrained import CHECKPOINT
 from .pretrained import LICENSE as CHECKPOINT_LICENSE
@@ -368,7 +368,7 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     say("export")
     onnx_path = work / f"monitor.{VARIANT}.onnx"
     final_arch = {**arch, "feature_layers": list(cfg.layers)}
-    onnx.save(build_monitor_graph({**weights, **head}, final_arch), str(onnx_path))
+    onnx.save(build_monitor_graph({**weights, **head}, final_arch, layout_ids=marker_ids(encoder)), str(onnx_path))
     parity = check_head_parity(onnx_path, head, final_arch, encoder, [convs[i] for i in val_i[:24]],
                                [feats[i] for i in val_i[:24]], cfg.layers, hidden)
     say(f"parity {parity}")

@@ -27,11 +27,16 @@ def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def build_variants(model: torch.nn.Module, arch: dict[str, Any], work: Path,
-                   variants: tuple[str, ...] = ("fp32", "int8", "fp16")) -> dict[str, dict[str, Any]]:
-    """Write `monitor.<variant>.onnx` files under `work`; returns write_package's `onnx_files` spec."""
+                   variants: tuple[str, ...] = ("fp32", "int8", "fp16"),
+                   layout_ids: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Write `monitor.<variant>.onnx` files under `work`; returns write_package's `onnx_files` spec.
+
+    `layout_ids` (`trajsafe_sdk.package.marker_ids(encoder)`) are recorded in each graph, so loading refuses a
+    tokenizer or layout that resolves the markers to other ids than the model was trained with.
+    """
     work.mkdir(parents=True, exist_ok=True)
     weights = state_dict_numpy(model)
-    fp32 = build_monitor_graph(weights, arch, float_dtype="float32")
+    fp32 = build_monitor_graph(weights, arch, float_dtype="float32", layout_ids=layout_ids)
     fp32_path = work / "monitor.fp32.onnx"
     onnx.save(fp32, str(fp32_path))
     files: dict[str, dict[str, Any]] = {}
@@ -43,7 +48,7 @@ def build_variants(model: torch.nn.Module, arch: dict[str, Any], work: Path,
         files["int8"] = {"source": int8_path, "dtype": "int8", "kv_dtype": "float32", "providers": ["cpu"]}
     if "fp16" in variants:
         fp16_path = work / "monitor.fp16.onnx"
-        onnx.save(build_monitor_graph(weights, arch, float_dtype="float16"), str(fp16_path))
+        onnx.save(build_monitor_graph(weights, arch, float_dtype="float16", layout_ids=layout_ids), str(fp16_path))
         # fp16 is parity-checked on the CPU provider (no GPU here): record only what was checked
         files["fp16"] = {"source": fp16_path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cpu"]}
     return files
