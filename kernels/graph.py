@@ -238,7 +238,8 @@ def _last_layer_attention(b: _Builder, q: str, k: str, v: str, layer: int, arch:
 
 def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
                         float_dtype: str = "float32", max_positions: int = ROPE_POSITIONS,
-                        feature_output: bool = False, layout_ids: Mapping[str, Any] | None = None) -> onnx.ModelProto:
+                        feature_output: bool = False, layout_ids: Mapping[str, Any] | None = None,
+                        accuracy_level: int = 4) -> onnx.ModelProto:
     """Build the monitor graph (inputs/outputs per docs/architecture.md, "ONNX graph contract").
 
     `weights` are float arrays with HF names; `arch` has `ARCH_KEYS`. `float_dtype="float16"` gives the fp16
@@ -252,6 +253,8 @@ def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
     weights, the labels come from a feature head over the outputs of `arch["feature_layers"]` at the score
     positions (a frozen pretrained trunk with a trained head); without, from the tied label-token rows after the
     final norm. `feature_output=True` adds the output `features` (the head's normalised input), for training.
+    `accuracy_level` is `MatMulNBits`'s: 4 computes with int8 activations quantised per token and block (fast on
+    CPU, and the same for a token however the conversation is batched or split), 0 in float.
     """
     missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
@@ -325,23 +328,27 @@ def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
         h = _rms_norm(b, x, w(p + "input_layernorm.weight"), eps, f"layers.{i}.input_norm")
         q_name, k_name, v_name = (p + f"self_attn.{n}_proj.weight" for n in "qkv")
         if i == n_layers - 1:  # keys/values for every token, queries (and all that follows) only at score positions
-            kv = _linear(b, h, fused(k_name, v_name), f"layers.{i}.kv_proj")
+            kv = _linear(b, h, fused(k_name, v_name), f"layers.{i}.kv_proj", accuracy_level)
             k, v = b.op("Split", [kv, b.const([kv_size, kv_size])], "kv_split", outputs=2, axis=-1)
             h_q = b.op("GatherND", [h, score_idx], "h_scores", batch_dims=1)
-            q = _linear(b, h_q, fused(q_name, factor=scale), f"layers.{i}.q_proj")
+            q = _linear(b, h_q, fused(q_name, factor=scale), f"layers.{i}.q_proj", accuracy_level)
             x = b.op("GatherND", [x, score_idx], "x_scores", batch_dims=1)
             attn = _last_layer_attention(b, q, k, v, i, arch, cache_pos, query_abs)
         else:
-            qkv = _linear(b, h, fused(q_name, k_name, v_name, factor=scale), f"layers.{i}.qkv_proj")
+            qkv = _linear(b, h, fused(q_name, k_name, v_name, factor=scale), f"layers.{i}.qkv_proj",
+                          accuracy_level)
             attn = _gqa_layer_attention(b, qkv, i, arch)
-        x = b.op("Add", [x, _linear(b, attn, weights[p + "self_attn.o_proj.weight"], f"layers.{i}.o_proj")],
+        o_proj = _linear(b, attn, weights[p + "self_attn.o_proj.weight"], f"layers.{i}.o_proj", accuracy_level)
+        x = b.op("Add", [x, o_proj],
                  "resid_attn")
         h = _rms_norm(b, x, w(p + "post_attention_layernorm.weight"), eps, f"layers.{i}.post_norm")
-        gu = _linear(b, h, fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), f"layers.{i}.gate_up_proj")
+        gu = _linear(b, h, fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), f"layers.{i}.gate_up_proj",
+                     accuracy_level)
         gate, up = b.op("Split", [gu, b.const([int(arch["intermediate_size"])] * 2)], "gate_up_split", outputs=2,
                         axis=-1)
         act = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate], "sigmoid")], "silu"), up], "gated")
-        x = b.op("Add", [x, _linear(b, act, weights[p + "mlp.down_proj.weight"], f"layers.{i}.down_proj")],
+        down = _linear(b, act, weights[p + "mlp.down_proj.weight"], f"layers.{i}.down_proj", accuracy_level)
+        x = b.op("Add", [x, down],
                  "resid_mlp")
         if feature_head and i in feature_layers:
             features.append(x if i == n_layers - 1 else b.op("GatherND", [x, score_idx], "feat_x", batch_dims=1))

