@@ -252,18 +252,19 @@ def test_score_equals_turn_by_turn_guard_reading(tiny_package: Path) -> None:
     pool, policy = SessionPool(monitor), Policy.from_package(monitor.package.policy_defaults)
     for conv, result in zip(conversations, scored, strict=True):
         assert isinstance(result, Scored)
-        live = []
+        live, live_tokens = [], []
         for i, m in enumerate(conv["messages"]):
             if m["role"] == "user":
                 session, assessments = pool.assess(conv["messages"][: i + 1], conversation_id=conv["id"])
                 live.append(policy.decide(assessments[-1], session.state))
+                live_tokens.append(sum(a.tokens for a in assessments))
         assert [d.action for d in result.decisions] == [d.action for d in live]
         assert [d.message_index for d in result.decisions] == [d.message_index for d in live]
         np.testing.assert_allclose([d.risk for d in result.decisions], [d.risk for d in live], atol=1e-4)
         n_tokens = 1 + sum(len(monitor.encoder.encode_message(Message(**m))) for m in conv["messages"])
         assert result.tokens == n_tokens
         # each decision's tokens are what a live guard reads for it: the messages since the previous decision
-        assert [d.tokens for d in result.decisions] == [d.tokens for d in live]
+        assert [d.tokens for d in result.decisions] == live_tokens
 
 
 def test_sticky_terminate_per_conversation(tiny_monitor: Monitor) -> None:

@@ -598,12 +598,12 @@ class Guard:
         policy, state = self.policy, session.state
         if not assessments:  # nothing new (a regenerated reply): the same decision as before
             return self._recall(session, msgs, "input")
-        todo = [a for a in assessments if a.role == "user"]
-        if assessments[-1].role != "user":
-            todo.append(assessments[-1])
-        decision = None
-        for assessment in todo:
-            decision = policy.decide(assessment, state, stage="input")
+        decision, read = None, 0
+        for assessment in assessments:  # a decision after each user message, and after the last message read
+            read += assessment.tokens  # a decision's tokens: those read since the previous decision
+            if assessment.role == "user" or assessment is assessments[-1]:
+                decision = policy.decide(dataclasses.replace(assessment, tokens=read), state, stage="input")
+                read = 0
         assert decision is not None
         _remember(state, msgs, decision)
         return decision

@@ -104,16 +104,16 @@ class Policy:
         if stage == "input":
             state["last_decision"] = {"action": action, "risk": assessment.risk,
                                       "message_index": assessment.message_index}
+        scores = assessment.to_dict()  # labelled and rounded
         return Decision(
             action=action,
             category=category,
-            risk=round(float(assessment.risk), 6),
-            action_scores={a: round(float(p), 6) for a, p in zip(ACTIONS, assessment.action_scores, strict=True)},
-            category_scores={c: round(float(p), 6) for c, p in zip(CATEGORIES, assessment.category_scores,
-                                                                    strict=True)},
+            risk=scores["risk"],
+            action_scores=scores["action_scores"],
+            category_scores=scores["category_scores"],
             message_index=assessment.message_index,
             tokens=int(assessment.tokens),
-            latency_ms=round(float(assessment.latency_ms), 3),
+            latency_ms=scores["latency_ms"],
             reason=reason,
         )
 
