@@ -174,6 +174,10 @@ def test_eval_console_script(tiny_package: Path) -> None:
     assert report["baseline"]["name"] == "last-message" and report["baseline"]["overall"]["counts"] == {
         **report["baseline"]["overall"]["counts"], "harmful": 4, "benign": 5}
     assert "by_source" not in report["monitor"]  # no `source` field in the demo file
+    policy = json.loads((tiny_package / "monitor.json").read_text())["policy"]
+    assert report["policy"]["probe_risk"] == policy.get("probe_risk", 1.1)
+    assert {k: report["policy"][k] for k in ("probe", "steer", "refuse", "terminate")} == {
+        k: policy[k] for k in ("probe", "steer", "refuse", "terminate")}
     text = run("eval", str(DEMO), "--model", str(tiny_package), "--provider", "cpu", "--quiet")
     assert text.returncode == 0 and text.stderr == ""
     assert "| overall" in text.stdout and "| catch | block | over-refusal | friction | earliness |" in text.stdout
@@ -313,6 +317,10 @@ def test_parse_line_labelled() -> None:
     assert isinstance(bad, LineError) and bad.to_dict() == {"id": 2, "line": 4, "error": bad.error}
     assert "'label'" in bad.error
     assert isinstance(parse_line(b"\xff\xfe", 1), LineError)
+    typo = parse_line('{"id": 5, "label": "harmful", "category": "malwar", "messages": [{"role": "user", '
+                      '"content": "x"}]}', 7, labelled=True)
+    assert isinstance(typo, LineError) and typo.to_dict() == {"id": 5, "line": 7, "error": typo.error}
+    assert "unknown 'category' 'malwar'" in typo.error and "malware" in typo.error
 
 
 def test_eval_metrics_match_score_output(tiny_package: Path, tmp_path: Path,

@@ -265,7 +265,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = {"input": args.input,
                "model": {"name": pkg.name, "version": pkg.version, "path": str(pkg.path), "variant": monitor.variant,
                          "provider": monitor.provider},
-               "policy": dict(scorer.policy.thresholds), **eval_summary(result, by)}
+               "policy": scorer.policy.to_dict(), **eval_summary(result, by)}
     for err in result.errors[:20] if not args.quiet else []:
         print(f"trajsafe: line {err.line}: {err.error}", file=sys.stderr)
     if len(result.errors) > 20 and not args.quiet:

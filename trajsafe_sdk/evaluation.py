@@ -29,6 +29,7 @@ from typing import IO, Any
 from .core import Assessment, Monitor, TrajectorySession
 from .decision import DECISION_FIELDS, Decision
 from .errors import MessageError, TrajSafeError
+from .labels import CATEGORIES
 from .messages import Message, normalize_messages
 from .policy import Policy
 from .training.metrics import breakdown, conversation_metrics
@@ -130,6 +131,9 @@ def parse_line(raw: bytes | str, line: int, labelled: bool = False,
         for key in ("category", "source"):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 return LineError(line, conv_id, f"'{key}' must be a string, got a JSON {_json_type(obj[key])}", size)
+        if obj.get("category") is not None and obj["category"] not in CATEGORIES:
+            return LineError(line, conv_id, f"unknown 'category' {obj['category']!r}; expected one of "
+                                            f"{', '.join(CATEGORIES)}", size)
         conv.label, conv.source = label, obj.get("source")
         conv.category = obj.get("category") or ("benign" if label == "benign" else None)
     for key in fields:

@@ -47,6 +47,11 @@ class Policy:
         policy.validate()
         return policy
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings in `monitor.json["policy"]` form (what `from_package` reads), JSON-ready."""
+        return {**self.thresholds, "probe_risk": self.probe_risk, "deescalate_risk": self.deescalate_risk,
+                "sticky_terminate": self.sticky_terminate}
+
     def validate(self) -> None:
         """Raise ValueError on an unknown action name or a threshold that is not a number >= 0."""
         if not isinstance(self.thresholds, Mapping):
