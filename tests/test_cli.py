@@ -35,6 +35,7 @@ from trajsafe_sdk.labels import ACTIONS, CATEGORIES
 from trajsafe_sdk.messages import Message
 from trajsafe_sdk.policy import Policy
 from trajsafe_sdk.pool import SessionPool
+from trajsafe_sdk.runtime import cuda_usable
 from trajsafe_sdk.training.metrics import conversation_metrics
 
 SCRIPT = Path(sys.executable).with_name("trajsafe")
@@ -216,6 +217,27 @@ def test_info_console_script(tiny_package: Path) -> None:
     rt = info["onnxruntime"]
     assert "CPUExecutionProvider" in rt["providers_available"] and rt["provider_chosen"] == "cpu"
     assert rt["cuda"]["reason"] and set(info["versions"]) >= {"python", "onnxruntime", "tokenizers", "numpy"}
+
+
+@pytest.mark.skipif(cuda_usable()[0], reason="CUDA runs here: nothing to fall back from")
+def test_info_says_auto_tried_cuda(tiny_package: Path) -> None:
+    proc = run("info", "--json", "--model", str(tiny_package))
+    assert proc.returncode == 0, proc.stderr
+    reason = json.loads(proc.stdout)["onnxruntime"]["cuda"]["reason"]
+    assert "was requested" not in reason
+    assert reason.startswith("--provider auto tried CUDA, then chose CPU: ")
+
+
+@pytest.mark.skipif(cuda_usable()[0], reason="CUDA runs here")
+def test_cuda_failure_is_one_clean_error(tiny_package: Path) -> None:
+    """Monitor.load(provider="cuda") where CUDA cannot run: the ProviderError only, no native onnxruntime lines."""
+    code = ("from trajsafe_sdk import Monitor, ProviderError\n"
+            f"try:\n    Monitor.load({str(tiny_package)!r}, provider='cuda')\n"
+            "except ProviderError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "TRAJSAFE_ORT_LOG"})
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("provider 'cuda' was requested but cannot run here: ")
 
 
 # ---------------------------------------------------------------------------------------------------- in process

@@ -66,13 +66,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _quiet_onnxruntime() -> None:
-    """Silence ONNX Runtime's own stderr logging (e.g. CUDA libraries missing while `auto` probes for them)."""
+    """Silence ONNX Runtime's own stderr logging, unless `$TRAJSAFE_ORT_LOG` is set."""
     if os.environ.get("TRAJSAFE_ORT_LOG"):
         return
-    with contextlib.suppress(Exception):
-        import onnxruntime as ort
+    from .runtime import set_ort_log_severity
 
-        ort.set_default_logger_severity(4)
+    set_ort_log_severity(4)
 
 
 def _load_monitor(args: argparse.Namespace, threads: int | None = None) -> Any:
@@ -340,53 +339,14 @@ def collect_info(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
         cuda: dict[str, Any] = {"usable": True, "reason": "chosen"}
     elif args.provider == "cpu":
         cuda = {"usable": None, "reason": "not tried (--provider cpu)"}
-    else:
-        usable, why = _probe_cuda(cuda_usable if monitor is None else _cuda_session_probe(monitor))
+    else:  # the package's CUDA variant on CUDA (the probe model needs no package), with onnxruntime's own causes
+        usable, why = cuda_usable() if monitor is None else cuda_usable(
+            monitor.package.onnx_path(monitor.package.default_variant("cuda")))
+        if not usable and args.provider == "auto":
+            why = f"--provider auto tried CUDA, then chose CPU: {why}"
         cuda = {"usable": usable, "reason": why}
     info["onnxruntime"]["cuda"] = cuda
     return info, error
-
-
-def _cuda_session_probe(monitor: Any) -> Any:
-    """A probe that opens the package's CUDA variant on CUDA (needs no `onnx` module, unlike `cuda_usable`)."""
-    from .runtime import create_session
-
-    def probe() -> tuple[bool, str]:
-        try:
-            create_session(monitor.package.onnx_path(monitor.package.default_variant("cuda")), "cuda")
-        except ProviderError as exc:
-            return False, str(exc)
-        except Exception as exc:  # driver/library errors surface as generic onnxruntime exceptions
-            return False, f"CUDA session failed: {exc}"
-        return True, "ok"
-
-    return probe
-
-
-def _probe_cuda(probe: Any) -> tuple[bool, str]:
-    """`cuda_usable()`, with the cause ONNX Runtime logs natively (e.g. a missing CUDA library) added to the reason."""
-    import re
-    import tempfile
-
-    import onnxruntime as ort
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        try:
-            ort.set_default_logger_severity(2)
-            os.dup2(capture.fileno(), 2)
-            usable, why = probe()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            _quiet_onnxruntime()
-        capture.seek(0)
-        log = capture.read().decode("utf-8", "replace")
-    details = re.findall(r"with error: ([^\n\x1b]+)", log) + re.findall(r"(Require [^.]*\.\*[^.]*\.\*)", log)
-    if not usable and details:
-        why += " [onnxruntime: " + "; ".join(dict.fromkeys(d.strip() for d in details)) + "]"
-    return usable, why
 
 
 def cmd_info(args: argparse.Namespace) -> int:
