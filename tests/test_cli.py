@@ -204,8 +204,22 @@ def test_demo_console_script(tiny_package: Path) -> None:
 def test_missing_default_monitor_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("demo", env={"TRAJSAFE_MODEL": str(tmp_path / "no-such-package")})
     assert proc.returncode == 2
-    assert "cannot load the monitor package" in proc.stderr and "--model" in proc.stderr
+    assert "cannot load the monitor package: $TRAJSAFE_MODEL is set to " in proc.stderr
+    assert "embedded default monitor is missing" not in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_package_errors_name_their_cause(tiny_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["demo", "--model", str(tiny_package), "--variant", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "no ONNX variant 'fp16'; the package has ['fp32', 'int8']" in err and "embedded" not in err
+    from trajsafe_sdk import package
+
+    monkeypatch.delenv("TRAJSAFE_MODEL", raising=False)
+    monkeypatch.setattr(package, "__file__", str(tmp_path / "site-packages" / "trajsafe_sdk" / "package.py"))
+    assert cli.main(["info"]) == 2
+    assert "the embedded default monitor is missing from this installation" in capsys.readouterr().out
 
 
 def test_info_console_script(tiny_package: Path) -> None:

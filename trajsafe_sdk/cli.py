@@ -488,12 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_onnxruntime()
     try:
         return args.func(args)
-    except PackageError as exc:
-        hint = ""
-        if getattr(args, "model", None) is None:
-            hint = ("\nThe embedded default monitor is missing from this installation; pass --model DIR (a monitor "
-                    "package folder) or set TRAJSAFE_MODEL.")
-        print(f"trajsafe: error: cannot load the monitor package: {exc}{hint}", file=sys.stderr)
+    except PackageError as exc:  # the error names its cause (a bad --model, $TRAJSAFE_MODEL, a missing variant...)
+        print(f"trajsafe: error: cannot load the monitor package: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ProviderError, CliError) as exc:
         print(f"trajsafe: error: {exc}", file=sys.stderr)

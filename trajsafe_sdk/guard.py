@@ -158,7 +158,7 @@ def default_monitor() -> Monitor:
     from .core import Monitor
     from .package import default_package_path
 
-    path = str(Path(default_package_path()).resolve())
+    path = str(Path(default_package_path(check=True)).resolve())
     with _DEFAULT_LOCK:
         monitor = _DEFAULT_MONITORS.get(path)
         if monitor is None:
