@@ -1,4 +1,4 @@
-"""The `trajsafe` command line and the evaluation harness behind it (DESIGN.md §5-6).
+"""The `trajsafe` command line and the evaluation harness behind it (docs/contracts.md §5-6).
 
 The installed console script runs in subprocesses on good and bad input (exact output shapes, exit codes); the
 finer behaviour (turn-by-turn equivalence, sticky terminate, re-windowing, workers, streaming) is checked in process.

@@ -1,4 +1,4 @@
-"""The `trajsafe` command line (DESIGN.md §5): demo, score, eval, bench, info."""
+"""The `trajsafe` command line (docs/contracts.md §5): demo, score, eval, bench, info."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from . import __version__
 from .errors import PackageError, ProviderError, TrajSafeError
+from .labels import CATEGORIES
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_USAGE = 0, 1, 2
 
@@ -28,10 +29,18 @@ command.
 
 Every command takes --model DIR (a monitor package folder; default: the embedded monitor, or $TRAJSAFE_MODEL)
 and --provider auto|cpu|cuda. Exit codes: 0 ok, 1 some input lines failed, 2 usage, package or provider error.
+The formats and metrics are specified in docs/contracts.md of the TrajSafe SDK repository.
 """
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _wrapped(words: list[str], indent: int, width: int = 100) -> str:
+    """`words` joined with commas, wrapped for a --help text (continuation lines indented)."""
+    import textwrap
+
+    return textwrap.fill(", ".join(words), width, subsequent_indent=" " * indent)
+
+
 class CliError(Exception):
     """A user-facing error: printed as `trajsafe: error: ...`, exit code 2."""
 
@@ -246,7 +255,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Labelled JSONL in, DESIGN.md §6 metrics out (tables, or JSON with --json)."""
+    """Labelled JSONL in, docs/contracts.md §6 metrics out (tables, or JSON with --json)."""
     from .evaluation import Progress, eval_summary, evaluate, format_report, read_lines
 
     scorer = _scorer(args)
@@ -433,8 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("eval", "labelled JSONL in, quality metrics out (catch, block, over-refusal, friction, earliness)",
             "Evaluate the monitor on labelled conversations: the score input plus\n"
-            '  "label": "harmful"|"benign", optional "category" (DESIGN.md §2) and "source".\n'
-            "Prints, overall, per category and per source (when given), the metrics of DESIGN.md §6:\n"
+            '  "label": "harmful"|"benign", optional "category" and "source" (strings). A category is benign or\n'
+            "  one of the twelve harm categories:\n"
+            f"    {_wrapped(CATEGORIES[1:], 4)}.\n"
+            "  A bad line (as for score, or an unknown label or category) yields an error record and the exit\n"
+            "  code is 1; the other lines are still evaluated.\n"
+            "Prints, overall, per category and per source (when given), these metrics:\n"
             "  catch rate    harmful: share with a non-allow decision at or before the last user message\n"
             "  block rate    harmful: share whose last user message gets steer, refuse or terminate\n"
             "  over-refusal  benign: share with refuse or terminate anywhere\n"

@@ -1,4 +1,4 @@
-"""Scoring and evaluation harness behind `trajsafe score` and `trajsafe eval` (DESIGN.md §5-6).
+"""Scoring and evaluation harness behind `trajsafe score` and `trajsafe eval` (docs/contracts.md §5-6).
 
 Input is JSONL, one conversation per line: ``{"id": ..., "messages": [{"role", "content"}, ...]}`` plus, for
 evaluation, ``"label": "harmful"|"benign"`` and optional ``"category"`` and ``"source"``. Lines are read lazily and

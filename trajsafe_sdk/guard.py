@@ -1,5 +1,5 @@
 """The action-dispatch API: one decorator that carries out allow / probe / steer / refuse / terminate around a chat
-callable (DESIGN.md §1).
+callable (docs/contracts.md §1).
 
 Usage::
 

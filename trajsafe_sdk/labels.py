@@ -1,4 +1,4 @@
-"""The label space shared by the monitor, the policy and every tool (DESIGN.md §1-2)."""
+"""The label space shared by the monitor, the policy and every tool (docs/contracts.md §1-2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Monitor packages (DESIGN.md §4): loading with schema and checksum checks, and writing."""
+"""Monitor packages (docs/contracts.md §4): loading with schema and checksum checks, and writing."""
 
 from __future__ import annotations
 

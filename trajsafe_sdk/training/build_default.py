@@ -176,7 +176,8 @@ message-by-message through the KV cache; fp16 checked on the CPU provider where 
 ## Evaluation on the development split
 
 Causal reading (what the runtime sees, decision before every assistant reply) vs. a last-message-only reading (each
-user message scored alone as a fresh conversation, as a stateless per-message guard would). Metrics as in DESIGN.md §6.
+user message scored alone as a fresh conversation, as a stateless per-message guard would).
+Metrics as in docs/contracts.md §6.
 
 {_metrics_table({'monitor (trajectory)': mon['overall'], 'last message only (any turn)': last['overall'],
                  'last message only (last turn)': ev['last_message_only_last_turn']})}
