@@ -317,13 +317,13 @@ def collect_info(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
     import tokenizers
 
     from .package import default_package_path
-    from .runtime import available_providers, cuda_usable
+    from .runtime import available_providers, cuda_usable, onnxruntime_distributions
 
     info: dict[str, Any] = {
         "sdk": {"name": "trajsafe-sdk", "version": __version__, "path": str(Path(__file__).resolve().parent)},
         "model": {"path": str(Path(args.model) if args.model else default_package_path())},
-        "onnxruntime": {"version": ort.__version__, "providers_available": available_providers(),
-                        "provider_requested": args.provider},
+        "onnxruntime": {"version": ort.__version__, "distributions": onnxruntime_distributions(),
+                        "providers_available": available_providers(), "provider_requested": args.provider},
         "versions": {"python": platform.python_version(), "onnxruntime": ort.__version__,
                      "tokenizers": tokenizers.__version__, "numpy": numpy.__version__,
                      "platform": platform.platform()},
@@ -374,9 +374,13 @@ def cmd_info(args: argparse.Namespace) -> int:
                      ("variants", ", ".join(f"{v} ({spec['dtype']}, checked on {'/'.join(spec['providers'] or [])})"
                                             for v, spec in model["variants"].items())),
                      ("policy", ", ".join(f"{k} {v}" for k, v in model["policy"].items()))]
-        rows += [("onnxruntime", rt["version"]),
-                 ("providers", ", ".join(rt["providers_available"])),
-                 ("requested", rt["provider_requested"])]
+        dists = rt["distributions"]
+        rows.append(("onnxruntime", f"{rt['version']} ({', '.join(f'{n} {v}' for n, v in dists.items())})"))
+        if len(dists) > 1:
+            rows.append(("WARNING", "onnxruntime and onnxruntime-gpu are both installed and overwrite each other's "
+                                    "files; keep one: pip uninstall -y onnxruntime onnxruntime-gpu, then pip install "
+                                    "onnxruntime-gpu (or onnxruntime for CPU only)"))
+        rows += [("providers", ", ".join(rt["providers_available"])), ("requested", rt["provider_requested"])]
         if not error:
             rows.append(("chosen", f"{rt['provider_chosen']} (variant {rt['variant']})"))
         cuda = rt["cuda"]

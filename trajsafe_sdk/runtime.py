@@ -25,6 +25,23 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")  # both provide the `onnxruntime` module
+
+
+def onnxruntime_distributions() -> dict[str, str]:
+    """The installed distributions that provide the `onnxruntime` module, name -> version (two is a broken
+    environment: one overwrites the other's files)."""
+    from importlib import metadata
+
+    found = {}
+    for name in ONNXRUNTIME_DISTRIBUTIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
