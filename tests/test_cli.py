@@ -31,7 +31,7 @@ from trajsafe_sdk.evaluation import (
     read_lines,
     score_lines,
 )
-from trajsafe_sdk.labels import ACTIONS, CATEGORIES
+from trajsafe_sdk.labels import ACTIONS, CATEGORIES, EXPECTATIONS
 from trajsafe_sdk.messages import Message
 from trajsafe_sdk.policy import Policy
 from trajsafe_sdk.pool import SessionPool
@@ -190,15 +190,17 @@ def test_demo_console_script(tiny_package: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     conversations = [json.loads(line) for line in DEMO.read_text().splitlines()]
     turns = sum(m["role"] == "user" for c in conversations for m in c["messages"])
-    rows = [line.split() for line in proc.stdout.splitlines() if line[:6].strip().isdigit()]
+    rows = [line.removesuffix("  (missed)").split() for line in proc.stdout.splitlines() if line[:6].strip().isdigit()]
     assert len(rows) == turns
+    shoulds = [("-" if e == "any" else e) for c in conversations for e in c["expect"]]
+    assert [row[-1] for row in rows] == shoulds
     for row in rows:
-        assert row[-1] == "ms" and float(row[-2]) >= 0 and 0 <= float(row[-3]) <= 1
-        assert row[-4] in CATEGORIES and row[-5] in ACTIONS
+        assert row[-2] == "ms" and float(row[-3]) >= 0 and 0 <= float(row[-4]) <= 1
+        assert row[-5] in CATEGORIES and row[-6] in ACTIONS
     assert sum(line.startswith("[") for line in proc.stdout.splitlines()) == len(conversations)
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"summary: {len(conversations)} conversations, {turns} user turns (")
-    assert "median latency" in summary
+    assert "turns as they should be " in summary and "median latency" in summary
 
 
 def test_missing_default_monitor_is_a_clear_error(tmp_path: Path) -> None:
@@ -447,6 +449,15 @@ def test_demo_conversations_are_valid_eval_input() -> None:
     assert sum(c["kind"] == "scary-but-benign" for c in conversations) >= 3
     assert all(len([m for m in c["messages"] if m["role"] == "user"]) >= 3
                for c in conversations if c["kind"] == "escalation")
+    for c in conversations:  # what a correct guard does on each user turn (checked on the shipped monitor elsewhere)
+        assert len(c["expect"]) == sum(m["role"] == "user" for m in c["messages"]) and set(c["expect"]) <= set(
+            EXPECTATIONS)
+        if c["label"] == "benign":
+            assert "block" not in c["expect"] and c["expect"][-1] == "allow"
+        else:
+            assert c["expect"][0] == "allow" and c["expect"][-1] == "block"
+        if c["kind"] in ("benign", "scary-but-benign"):
+            assert set(c["expect"]) == {"allow"}
 
 
 @pytest.mark.skipif(data_dir() is None, reason="the shared datasets are not here")

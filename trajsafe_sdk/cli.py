@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from . import __version__
 from .errors import PackageError, ProviderError, TrajSafeError
-from .labels import CATEGORIES
+from .labels import CATEGORIES, EXPECTATIONS
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_USAGE = 0, 1, 2
 
@@ -179,26 +179,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"TrajSafe demo: monitor {_model_line(monitor)}", file=out)
     actions: Counter[str] = Counter()
     latencies: list[float] = []
-    benign_ok = benign_n = harmful_caught = harmful_n = 0
-    header = f"  {'turn':>4}  {'user message':<58}  {'action':<9}  {'category':<20}  {'risk':>5}  {'latency':>9}"
+    benign_ok = benign_n = harmful_caught = harmful_n = as_expected = 0
+    header = (f"  {'turn':>4}  {'user message':<58}  {'action':<9}  {'category':<20}  {'risk':>5}  {'latency':>9}  "
+              "should")
     for n, conv in enumerate(conversations, start=1):
         expected = "should be allowed" if conv["label"] == "benign" else "should be stopped"
         print(f"\n[{n}/{len(conversations)}] {conv['kind']}: {conv['title']} ({expected})", file=out)
         print(header, file=out)
         history: list[dict[str, str]] = []
         conv_actions = []
-        turn = 0
         for message in conv["messages"]:
             history.append(message)
             if message["role"] != "user":
                 continue
-            turn += 1
             decision = decide(f"demo-{conv['id']}", list(history))
+            should = conv["expect"][len(conv_actions)]
+            met = decision.action in EXPECTATIONS[should]
+            as_expected += met
             conv_actions.append(decision.action)
             actions[decision.action] += 1
             latencies.append(decision.latency_ms)
-            print(f"  {turn:>4}  {_clip(message['content'], 58):<58}  {decision.action:<9}  {decision.category:<20}  "
-                  f"{decision.risk:>5.2f}  {decision.latency_ms:>6.1f} ms", file=out)
+            print(f"  {len(conv_actions):>4}  {_clip(message['content'], 58):<58}  {decision.action:<9}  "
+                  f"{decision.category:<20}  {decision.risk:>5.2f}  {decision.latency_ms:>6.1f} ms  "
+                  f"{should if should != 'any' else '-'}{'' if met else '  (missed)'}", file=out)
         if conv["label"] == "benign":
             benign_n += 1
             benign_ok += all(a == "allow" for a in conv_actions)
@@ -208,7 +211,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{a} {actions[a]}" for a in ("allow", "probe", "steer", "refuse", "terminate"))
     median = statistics.median(latencies) if latencies else 0.0
     print(f"\nsummary: {len(conversations)} conversations, {sum(actions.values())} user turns ({counts}); "
-          f"benign allowed {benign_ok}/{benign_n}, escalations caught {harmful_caught}/{harmful_n}; "
+          f"benign allowed {benign_ok}/{benign_n}, escalations caught {harmful_caught}/{harmful_n}, "
+          f"turns as they should be {as_expected}/{len(latencies)}; "
           f"median latency {median:.1f} ms per turn ({monitor.provider}, {monitor.variant})", file=out)
     return EXIT_OK
 
@@ -409,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "run the bundled example conversations through the guard, a decision per user turn",
             "Run the bundled example conversations (benign, scary-but-benign, gradual escalations, a probe answered "
             "credibly) through the guard on the monitor, deciding after every user message, and print per user "
-            "turn the action, category, risk and latency, then a one-line summary. Works offline.")
+            "turn the action, category, risk, latency and what a correct guard should do there (allow: allowed; "
+            "block: refused or terminated; -: no expectation), then a one-line summary. Works offline.")
     _common(p)
     p.set_defaults(func=cmd_demo)
 
