@@ -36,6 +36,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .quant import BLOCK, Q4Linear, Q4Table
+
 OPSET = 17
 NUM_LABELS = 20
 ARCH_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -121,6 +123,63 @@ def _rms_norm(b: _Builder, x: str, weight: np.ndarray, eps: float, name: str) ->
     return b.op("Mul", [normed, b.init(name, weight.astype(b.np_dtype))], "norm_mul")
 
 
+def _linear(b: _Builder, x: str, weight: np.ndarray | Q4Linear, name: str, accuracy_level: int = 4) -> str:
+    """`x W^T` for W [N, K]: a float MatMul, or for a Q4Linear `MatMulNBits` (4-bit codes, default zero point 8)
+    plus the per-block offset term (input sums per block times the offsets)."""
+    if not isinstance(weight, Q4Linear):
+        return b.op("MatMul", [x, b.init(name, np.asarray(weight, np.float32).T.astype(b.np_dtype))], name)
+    n, k = weight.shape
+    y = b.contrib("MatMulNBits", [x, b.init(name + ".q4", weight.packed()),
+                                  b.init(name + ".scales", weight.scale.reshape(-1).astype(b.np_dtype))],
+                  [b._name(name)], [["batch", b._name("tokens"), n]], K=k, N=n, bits=4, block_size=BLOCK,
+                  accuracy_level=accuracy_level)
+    if not np.any(weight.offset):
+        return y
+    blocks = b.op("Reshape", [x, b.const([0, 0, k // BLOCK, BLOCK])], name + "_blocks")
+    sums = b.op("ReduceSum", [blocks, b.const([-1])], name + "_block_sums", keepdims=0)
+    offset = b.op("MatMul", [sums, b.init(name + ".offset", weight.offset.T.astype(b.np_dtype))], name + "_offset")
+    return b.op("Add", [y, offset], name + "_q4")
+
+
+def _embedding(b: _Builder, table: np.ndarray | Q4Table, ids: str) -> str:
+    """Rows of the embedding table for `ids` [B, T] -> [B, T, D] (a Q4Table is dequantised after the Gather)."""
+    if not isinstance(table, Q4Table):
+        return b.op("Gather", [b.init("embed_tokens", np.asarray(table, np.float32).astype(b.np_dtype)), ids],
+                    "embed", axis=0)
+    _, dim = table.shape
+    packed = b.op("Gather", [b.init("embed_tokens.q4", table.packed), ids], "embed_packed", axis=0)
+    packed = b.op("Cast", [packed], "embed_cast", to=b.onnx_dtype)  # [B, T, D/2]
+    high = b.op("Floor", [b.op("Mul", [packed, b.fconst(1.0 / 16)], "embed_div")], "embed_high")
+    low = b.op("Sub", [packed, b.op("Mul", [high, b.fconst(16.0)], "embed_high16")], "embed_low")
+    pairs = b.op("Concat", [b.op("Unsqueeze", [low, b.const([-1])]), b.op("Unsqueeze", [high, b.const([-1])])],
+                 "embed_pairs", axis=-1)
+    codes = b.op("Reshape", [pairs, b.const([0, 0, dim // BLOCK, BLOCK])], "embed_codes")
+    scale, minimum = (b.op("Unsqueeze", [b.op("Cast", [b.op("Gather", [b.init(f"embed_tokens.{kind}", arr), ids],
+                                                                 axis=0)], to=b.onnx_dtype), b.const([-1])])
+                      for kind, arr in (("scale", table.scale), ("min", table.minimum)))
+    rows = b.op("Add", [b.op("Mul", [codes, scale], "embed_scaled"), minimum], "embed_rows")
+    return b.op("Reshape", [rows, b.const([0, 0, dim])], "embed")
+
+
+def _feature_head(b: _Builder, features: list[str], weights: Mapping[str, Any], eps: float) -> tuple[str, str]:
+    """Label logits from layer outputs at the score positions: each RMS-normalised (no weight), concatenated, then
+    the head's Linear layers (`head.{i}.weight` / `.bias`, ReLU between)."""
+    normed = []
+    for x in features:
+        mean = b.op("ReduceMean", [b.op("Mul", [x, x], "feat_sq")], "feat_mean", axes=[-1], keepdims=1)
+        normed.append(b.op("Div", [x, b.op("Sqrt", [b.op("Add", [mean, b.fconst(eps)])], "feat_std")], "feat_norm"))
+    h = feats = normed[0] if len(normed) == 1 else b.op("Concat", normed, "features", axis=-1)
+    layers = sorted({int(k.split(".")[1]) for k in weights if k.startswith("head.")})
+    for j, i in enumerate(layers):
+        h = b.op("MatMul", [h, b.init(f"head.{i}.weight", np.asarray(weights[f"head.{i}.weight"], np.float32).T
+                                       .astype(b.np_dtype))], "head_mm")
+        h = b.op("Add", [h, b.init(f"head.{i}.bias", np.asarray(weights[f"head.{i}.bias"], np.float32)
+                                    .astype(b.np_dtype))], "head_bias")
+        if j < len(layers) - 1:
+            h = b.op("Relu", [h], "head_relu")
+    return h, feats
+
+
 def _causal_bias(b: _Builder, query_index: str, key_range: str, groups: int) -> str:
     """Additive bias [B, 1, groups*Tq, S]: 0 where key index <= query index ([B, Tq], absolute), else very negative."""
     allowed = b.op("LessOrEqual", [key_range, b.op("Unsqueeze", [query_index, b.const([-1])])], "causal")
@@ -138,7 +197,7 @@ def _gqa_layer_attention(b: _Builder, qkv: str, layer: int, arch: Mapping[str, A
               [attn, f"present_key.{layer}", f"present_value.{layer}"],
               [["batch", "new_tokens", int(arch["num_heads"]) * int(arch["head_dim"])]],
               num_heads=int(arch["num_heads"]), kv_num_heads=int(arch["num_kv_heads"]), scale=1.0, do_rotary=1,
-              rotary_interleaved=0)
+              rotary_interleaved=0, local_window_size=int(arch.get("attention_window") or -1))
     return attn
 
 
@@ -177,14 +236,20 @@ def _last_layer_attention(b: _Builder, q: str, k: str, v: str, layer: int, arch:
     return b.op("Reshape", [out, b.const([0, 0, heads * head_dim])], "attn_flat")
 
 
-def build_monitor_graph(weights: Mapping[str, np.ndarray], arch: Mapping[str, Any], *,
-                        float_dtype: str = "float32", max_positions: int = ROPE_POSITIONS) -> onnx.ModelProto:
+def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
+                        float_dtype: str = "float32", max_positions: int = ROPE_POSITIONS,
+                        feature_output: bool = False) -> onnx.ModelProto:
     """Build the monitor graph (inputs/outputs per docs/architecture.md, "ONNX graph contract").
 
     `weights` are float arrays with HF names; `arch` has `ARCH_KEYS`. `float_dtype="float16"` gives the fp16
     variant (fp16 weights, activations, KV and RoPE tables; norm statistics in float32; float32 logits).
     `max_positions` sizes the RoPE tables (positions, i.e. cache indices, must stay below it; recorded as
     `trajsafe.max_positions`, which the runtime checks against the package's context limit).
+
+    Projection weights may be `Q4Linear` and the embedding a `Q4Table` (weight-only 4-bit). With `head.{i}.*`
+    weights, the labels come from a feature head over the outputs of `arch["feature_layers"]` at the score
+    positions (a frozen pretrained trunk with a trained head); without, from the tied label-token rows after the
+    final norm. `feature_output=True` adds the output `features` (the head's normalised input), for training.
     """
     missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
@@ -201,12 +266,25 @@ def build_monitor_graph(weights: Mapping[str, np.ndarray], arch: Mapping[str, An
     if n_layers < 1:
         raise ValueError("num_layers must be at least 1")
     scale = 1.0 / np.sqrt(head_dim)
-    embed = np.asarray(weights["model.embed_tokens.weight"], dtype=np.float32)
+    embed = weights["model.embed_tokens.weight"]
     if hidden != embed.shape[1]:
         raise ValueError(f"hidden_size {hidden} does not match the embedding width {embed.shape[1]}")
+    feature_head = any(k.startswith("head.") for k in weights)
+    feature_layers = [int(i) for i in arch.get("feature_layers", [n_layers - 1])]
+    if feature_head and (not feature_layers or not all(0 <= i < n_layers for i in feature_layers)):
+        raise ValueError(f"feature_layers {feature_layers} must name layers 0..{n_layers - 1}")
 
     def w(name: str) -> np.ndarray:
         return np.asarray(weights[name], dtype=np.float32)
+
+    def fused(*names: str, factor: float = 1.0) -> np.ndarray | Q4Linear:
+        """The rows of several projections in one weight (q/k/v, gate/up), q scaled by `factor`."""
+        parts = [weights[n] for n in names]
+        if all(isinstance(p, Q4Linear) for p in parts):
+            return Q4Linear.stack([p.scaled(factor) if j == 0 else p for j, p in enumerate(parts)])
+        dense = [p.dequantize() if isinstance(p, Q4Linear) else np.asarray(p, np.float32) for p in parts]
+        dense[0] = dense[0] * np.float32(factor)
+        return np.concatenate(dense)
 
     cache_dims = ["batch", kv_heads, "capacity", head_dim]
     inputs = [
@@ -216,6 +294,8 @@ def build_monitor_graph(weights: Mapping[str, np.ndarray], arch: Mapping[str, An
         helper.make_tensor_value_info("score_positions", TensorProto.INT64, ["batch", "num_scores"]),
     ]
     outputs = [helper.make_tensor_value_info("label_logits", TensorProto.FLOAT, ["batch", "num_scores", NUM_LABELS])]
+    if feature_output:
+        outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "num_scores", "dim"]))
     for i in range(n_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}.{i}", b.onnx_dtype, cache_dims))
@@ -233,41 +313,47 @@ def build_monitor_graph(weights: Mapping[str, np.ndarray], arch: Mapping[str, An
     b.init("rope_cos", cos_cache.astype(fdt))
     b.init("rope_sin", sin_cache.astype(fdt))
 
-    x = b.op("Gather", [b.init("embed_tokens", embed.astype(fdt)), "input_ids"], "embed", axis=0)
+    x = _embedding(b, embed, "input_ids")
     score_idx = b.op("Unsqueeze", ["score_positions", b.const([-1])], "score_idx")  # [B, K, 1]
     kv_size = kv_heads * head_dim
+    features: list[str] = []
 
     for i in range(n_layers):
         p = f"model.layers.{i}."
         h = _rms_norm(b, x, w(p + "input_layernorm.weight"), eps, f"layers.{i}.input_norm")
-        wq = w(p + "self_attn.q_proj.weight") * np.float32(scale)
-        wk, wv = w(p + "self_attn.k_proj.weight"), w(p + "self_attn.v_proj.weight")
+        q_name, k_name, v_name = (p + f"self_attn.{n}_proj.weight" for n in "qkv")
         if i == n_layers - 1:  # keys/values for every token, queries (and all that follows) only at score positions
-            kv = b.op("MatMul", [h, b.init(f"layers.{i}.kv_proj", np.concatenate([wk, wv]).T.astype(fdt))], "kv")
+            kv = _linear(b, h, fused(k_name, v_name), f"layers.{i}.kv_proj")
             k, v = b.op("Split", [kv, b.const([kv_size, kv_size])], "kv_split", outputs=2, axis=-1)
             h_q = b.op("GatherND", [h, score_idx], "h_scores", batch_dims=1)
-            q = b.op("MatMul", [h_q, b.init(f"layers.{i}.q_proj", wq.T.astype(fdt))], "q")
+            q = _linear(b, h_q, fused(q_name, factor=scale), f"layers.{i}.q_proj")
             x = b.op("GatherND", [x, score_idx], "x_scores", batch_dims=1)
             attn = _last_layer_attention(b, q, k, v, i, arch, cache_pos, query_abs)
         else:
-            qkv = b.op("MatMul", [h, b.init(f"layers.{i}.qkv_proj", np.concatenate([wq, wk, wv]).T.astype(fdt))],
-                       "qkv")
+            qkv = _linear(b, h, fused(q_name, k_name, v_name, factor=scale), f"layers.{i}.qkv_proj")
             attn = _gqa_layer_attention(b, qkv, i, arch)
-        x = b.op("Add", [x, b.op("MatMul", [attn, b.init(f"layers.{i}.o_proj", w(p + "self_attn.o_proj.weight").T
-                                                          .astype(fdt))], "o_proj")], "resid_attn")
+        x = b.op("Add", [x, _linear(b, attn, weights[p + "self_attn.o_proj.weight"], f"layers.{i}.o_proj")],
+                 "resid_attn")
         h = _rms_norm(b, x, w(p + "post_attention_layernorm.weight"), eps, f"layers.{i}.post_norm")
-        gate_up = np.concatenate([w(p + "mlp.gate_proj.weight"), w(p + "mlp.up_proj.weight")]).T.astype(fdt)
-        gu = b.op("MatMul", [h, b.init(f"layers.{i}.gate_up_proj", gate_up)], "gate_up")
+        gu = _linear(b, h, fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), f"layers.{i}.gate_up_proj")
         gate, up = b.op("Split", [gu, b.const([int(arch["intermediate_size"])] * 2)], "gate_up_split", outputs=2,
                         axis=-1)
         act = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate], "sigmoid")], "silu"), up], "gated")
-        down = b.op("MatMul", [act, b.init(f"layers.{i}.down_proj", w(p + "mlp.down_proj.weight").T.astype(fdt))],
-                    "down_proj")
-        x = b.op("Add", [x, down], "resid_mlp")
+        x = b.op("Add", [x, _linear(b, act, weights[p + "mlp.down_proj.weight"], f"layers.{i}.down_proj")],
+                 "resid_mlp")
+        if feature_head and i in feature_layers:
+            features.append(x if i == n_layers - 1 else b.op("GatherND", [x, score_idx], "feat_x", batch_dims=1))
 
-    h = _rms_norm(b, x, w("model.norm.weight"), eps, "final_norm")
-    head = embed[label_ids].T.astype(fdt)  # tied embeddings, label rows only: [hidden, 20]
-    logits = b.op("MatMul", [h, b.init("label_head", head)], "label_head")
+    if feature_head:
+        logits, feats = _feature_head(b, features, weights, eps)
+        if feature_output:
+            b.op("Cast", [feats], outputs=["features"], to=TensorProto.FLOAT)
+    else:
+        if isinstance(embed, Q4Table):
+            raise ValueError("a tied label head needs a float embedding table")
+        h = _rms_norm(b, x, w("model.norm.weight"), eps, "final_norm")
+        head = w("model.embed_tokens.weight")[label_ids].T.astype(fdt)  # tied embeddings, label rows only
+        logits = b.op("MatMul", [h, b.init("label_head", head)], "label_head")
     b.op("Cast", [logits], outputs=["label_logits"], to=TensorProto.FLOAT)
 
     graph = helper.make_graph(b.nodes, "trajsafe_monitor", inputs, outputs, initializer=b.initializers,
@@ -278,6 +364,8 @@ def build_monitor_graph(weights: Mapping[str, np.ndarray], arch: Mapping[str, An
     model.ir_version = 8
     arch_json = {k: arch[k] for k in ARCH_KEYS}
     arch_json["label_token_ids"] = label_ids
+    if feature_head:
+        arch_json["feature_layers"] = feature_layers
     helper.set_model_props(model, {"trajsafe.architecture": json.dumps(arch_json), "trajsafe.float_dtype": float_dtype,
                                    "trajsafe.kv_layout": KV_LAYOUT, "trajsafe.max_positions": str(max_positions)})
     return model

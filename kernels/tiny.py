@@ -9,10 +9,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trajsafe_sdk.layout import LABEL_TOKENS, SPECIAL_TOKENS, train_tokenizer
+from trajsafe_sdk.layout import LABEL_TOKENS, SPECIAL_TOKENS, default_layout, train_tokenizer
 from trajsafe_sdk.package import write_package
 
 from .graph import build_monitor_graph
+from .quant import Q4Linear, Q4Table
+
+# Monitor v2's layout style (markers of several tokens, as in a chat template), on the tiny tokenizer.
+V2_MARKERS: dict[str, Any] = {"bos": "<|bos|>", "end": "<|end|>\n", "assess": "<|assistant|>\n",
+                              "roles": {"system": "<|system|>\n", "user": "<|user|>\n",
+                                        "assistant": "<|assistant|>\n", "tool": "<|tool|>\n"}}
 
 _SUBJECTS = ["The user", "My assistant", "A developer", "The tool", "Our team", "The system", "A student", "The agent",
              "Someone", "The manager", "A nurse", "The chemist", "My neighbour", "The bot", "An analyst"]
@@ -74,6 +80,20 @@ def tiny_weights(arch: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
     return weights
 
 
+def v2_weights(weights: dict[str, np.ndarray], arch: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Monitor v2's form of random weights: 4-bit projections and embedding, and a feature head (MLP) over the
+    layers in `arch["feature_layers"]`."""
+    rng = np.random.default_rng(seed + 1)
+    out: dict[str, Any] = {k: Q4Linear.quantize(v) if k.endswith("proj.weight") else v for k, v in weights.items()}
+    out["model.embed_tokens.weight"] = Q4Table.quantize(weights["model.embed_tokens.weight"])
+    dim = int(arch["hidden_size"]) * len(arch["feature_layers"])
+    out["head.0.weight"] = (rng.standard_normal((32, dim)) / np.sqrt(dim)).astype(np.float32)
+    out["head.0.bias"] = (rng.standard_normal(32) * 0.1).astype(np.float32)
+    out["head.3.weight"] = (rng.standard_normal((20, 32)) / np.sqrt(32) * 3).astype(np.float32)
+    out["head.3.bias"] = np.zeros(20, np.float32)
+    return out
+
+
 def build_tiny_package(
     out_dir: str | Path,
     *,
@@ -87,8 +107,12 @@ def build_tiny_package(
     context_limit: int = 256,
     variants: Sequence[str] = ("fp32", "int8"),
     max_message_tokens: int = 64,
+    style: str = "v1",
 ) -> Path:
-    """Write a complete monitor package with a tiny tokenizer and random weights; returns its folder."""
+    """Write a complete monitor package with a tiny tokenizer and random weights; returns its folder.
+
+    `style="v2"`: monitor v2's form (multi-token markers, 4-bit weights, feature head) with the variant `q4`.
+    """
     from .variants import quantize_int8
 
     out = Path(out_dir)
@@ -98,7 +122,12 @@ def build_tiny_package(
         raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} ids, more than vocab_size={vocab_size}")
     arch = tiny_arch(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
                      intermediate_size=intermediate_size, vocab_size=vocab_size)
-    weights = tiny_weights(arch, seed)
+    weights: dict[str, Any] = tiny_weights(arch, seed)
+    layout = default_layout(max_message_tokens)
+    if style == "v2":
+        arch["feature_layers"] = [0, num_layers - 1]
+        weights = v2_weights(weights, arch, seed)
+        layout.update(V2_MARKERS)
     fp32_path = out / "monitor.fp32.onnx"
     onnx.save(build_monitor_graph(weights, arch), fp32_path)
     files: dict[str, dict[str, Any]] = {}
@@ -112,11 +141,16 @@ def build_tiny_package(
         elif variant == "fp16":
             onnx.save(build_monitor_graph(weights, arch, float_dtype="float16"), path)
             files[variant] = {"source": path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cpu"]}
+        elif variant == "q4" and style == "v2":
+            fp32_path.replace(path)
+            files[variant] = {"source": path, "dtype": "q4", "kv_dtype": "float32", "providers": ["cpu"]}
         else:
-            raise ValueError(f"unknown variant {variant!r}; expected fp32, int8 or fp16")
-    if "fp32" not in variants:
+            raise ValueError(f"unknown variant {variant!r}; expected fp32, int8 or fp16 (v1), q4 (v2)")
+    if "fp32" not in variants and fp32_path.exists():
         fp32_path.unlink()
-    default = {"cpu": "int8" if "int8" in variants else "fp32", "cuda": "fp16" if "fp16" in variants else "fp32"}
+    first = variants[0]
+    default = {"cpu": "int8" if "int8" in variants else first, "cuda": "fp16" if "fp16" in variants else first}
     return write_package(out, tokenizer=tokenizer, onnx_files=files, architecture=arch, name="trajsafe-tiny",
                          version="0.0.0", context_limit=context_limit, default_variant=default,
-                         max_message_tokens=max_message_tokens, card="Tiny random test monitor (not trained).\n")
+                         max_message_tokens=max_message_tokens, card="Tiny random test monitor (not trained).\n",
+                         layout=layout)

@@ -303,7 +303,8 @@ def test_score_equals_turn_by_turn_guard_reading(tiny_package: Path) -> None:
         assert [d.action for d in result.decisions] == [d.action for d in live]
         assert [d.message_index for d in result.decisions] == [d.message_index for d in live]
         np.testing.assert_allclose([d.risk for d in result.decisions], [d.risk for d in live], atol=1e-4)
-        n_tokens = 1 + sum(len(monitor.encoder.encode_message(Message(**m))) for m in conv["messages"])
+        enc = monitor.encoder
+        n_tokens = len(enc.bos_ids) + sum(len(enc.encode_message(Message(**m))) for m in conv["messages"])
         assert result.tokens == n_tokens
         # each decision's tokens are what a live guard reads for it: the messages since the previous decision
         assert [d.tokens for d in result.decisions] == live_tokens

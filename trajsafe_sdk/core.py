@@ -470,13 +470,13 @@ class TrajectorySession:
         self._ensure_resident()
         assert self.cache is not None
         encoded = [self.monitor.encoder.encode_message(m) for m in new]
-        needed = sum(len(e) for e in encoded) + (0 if self.cache.length else 1)
+        needed = sum(len(e) for e in encoded) + (0 if self.cache.length else len(self.monitor.encoder.bos_ids))
         if self.cache.length + needed > self.monitor.context_limit:
             return self._plan_window(new, encoded)
         chunks, offset = [], 0
         if self.cache.length == 0:
-            chunks.append(np.asarray([self.monitor.encoder.bos_id], np.int64))
-            offset = 1
+            chunks.append(np.asarray(self.monitor.encoder.bos_ids, np.int64))
+            offset = len(chunks[0])
         score_positions, starts = [], []
         for msg, ids in zip(new, encoded, strict=True):
             starts.append(self.cache.length + offset)
@@ -507,8 +507,8 @@ class TrajectorySession:
         self.cache.truncate(0)  # type: ignore[union-attr]
         self.spans = [None] * len(self.messages)
         first_new = len(self.messages)
-        chunks = [np.asarray([enc.bos_id], np.int64)]
-        offset, score_positions, starts = 1, [], []
+        chunks = [np.asarray(enc.bos_ids, np.int64)]
+        offset, score_positions, starts = len(enc.bos_ids), [], []
         for i in window:
             chunks.append(all_ids[i])
             if i < first_new:
@@ -585,7 +585,7 @@ class TrajectorySession:
             assert self.cache is not None
             ids = self.monitor.encoder.encode_partial(role, text)
             if self.cache.length == 0:
-                ids = np.concatenate([[self.monitor.encoder.bos_id], ids]).astype(np.int64)
+                ids = np.concatenate([self.monitor.encoder.bos_ids, ids]).astype(np.int64)
             if self.cache.length + len(ids) > self.monitor.context_limit:
                 ids = ids[-(self.monitor.context_limit - self.cache.length):]
             keep = self.cache.length

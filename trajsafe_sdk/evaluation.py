@@ -231,10 +231,12 @@ class Scorer:
     def _token_count(self, messages: list[Message]) -> int:
         """Tokens of the whole conversation (exact when it could be near the context limit)."""
         encoder = self.monitor.encoder
-        upper = 1 + sum(len(m.content.encode("utf-8", "surrogatepass")) + 4 for m in messages)  # byte-level BPE
+        markers = max(map(len, encoder.role_ids.values())) + len(encoder.end_ids) + len(encoder.assess_ids)
+        upper = len(encoder.bos_ids) + sum(len(m.content.encode("utf-8", "surrogatepass")) + markers
+                                           for m in messages)  # byte-level BPE: at most a token per byte
         if upper <= self.monitor.context_limit:
             return upper
-        return 1 + sum(len(encoder.encode_message(m)) for m in messages)
+        return len(encoder.bos_ids) + sum(len(encoder.encode_message(m)) for m in messages)
 
     def _score_batch(self, batch: list[Conversation]) -> list[Result]:
         sessions = [self.monitor.new_session() for _ in batch]

@@ -839,7 +839,7 @@ class StreamChecker:
             self._base, self._fed = fork.num_tokens, []
             self.tokens += got.tokens
             return got
-        ids = [enc.role_ids["assistant"], *enc.content_ids(text)]
+        ids = [*enc.role_ids["assistant"], *enc.content_ids(text)]
         if self._base + len(ids) + 1 > monitor.context_limit:  # no room: the core's (windowed) partial reading
             fork.cache.truncate(self._base)
             self._fed = []
@@ -853,7 +853,7 @@ class StreamChecker:
             common += 1
         fork.cache.truncate(self._base + common)  # tokens whose text changed (a word split across chunks)
         self._fed = ids[:common]
-        new = np.asarray([*ids[common:], enc.assess_id], dtype=np.int64)
+        new = np.asarray([*ids[common:], *enc.assess_ids], dtype=np.int64)
         started = time.perf_counter()
         logits = monitor.run([fork.cache], [new], [[len(new) - 1]])[0]
         elapsed = (time.perf_counter() - started) * 1000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,24 +38,46 @@ def default_layout(max_message_tokens: int = 512) -> dict[str, Any]:
     }
 
 
+_MARKER_LIKE = re.compile(r"<\|[^<>|\n]{0,64}\|>")  # "<|im_start|>", "<|act:allow|>", ... typed as text
+# lone surrogates, soft hyphen, zero-width and bidirectional format characters: dropped from content
+_INVISIBLE = dict.fromkeys([*range(0xD800, 0xE000), 0x00AD, 0x034F, 0x061C, 0x180E, 0xFEFF, *range(0x200B, 0x2010),
+                            *range(0x202A, 0x202F), *range(0x2060, 0x2070)])
+
+
+def normalize_content(text: str) -> str:
+    """Content as the monitor reads it: NFKC (full-width look-alikes become ASCII), invisible format characters
+    and lone surrogates removed, and marker-like text (`<|...|>`) blanked, so no typed text can pose as a label or
+    role marker."""
+    text = unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
+    return _MARKER_LIKE.sub(" ", text)
+
+
 class MessageEncoder:
-    """Turns messages into token ids; marker ids are added here and never come from content text."""
+    """Turns messages into token ids; marker ids are added here and never come from content text.
+
+    Layout markers (`bos`, `end`, `assess`, `roles[*]`) are strings that the package's tokenizer encodes, special
+    tokens recognised, into one or more ids (`"<|user|>"` -> one id; `"<|im_start|>user\n"` -> three). The
+    assessment is read at the last token of the `assess` marker.
+    """
 
     def __init__(self, tokenizer: Tokenizer, layout: Mapping[str, Any]) -> None:
         self.tokenizer = tokenizer
+        self.tokenizer.encode_special_tokens = False
+        self.bos_ids = self.marker_ids(layout["bos"])
+        self.end_ids = self.marker_ids(layout["end"])
+        self.assess_ids = self.marker_ids(layout["assess"])
+        self.role_ids = {role: self.marker_ids(marker) for role, marker in layout["roles"].items()}
         self.tokenizer.encode_special_tokens = True  # "<|user|>" typed by a user stays plain text
-        ids = layout["special_tokens"]
-        self.bos_id = int(ids[layout["bos"]])
-        self.end_id = int(ids[layout["end"]])
-        self.assess_id = int(ids[layout["assess"]])
-        self.pad_id = int(ids[layout.get("pad", "<pad>")])
-        self.role_ids = {role: int(ids[tok]) for role, tok in layout["roles"].items()}
         self.assess_after = frozenset(layout["assess_after"])
         self.max_message_tokens = int(layout["max_message_tokens"])
 
+    def marker_ids(self, marker: str) -> tuple[int, ...]:
+        """Token ids of a layout marker (special tokens recognised)."""
+        return tuple(self.tokenizer.encode(marker, add_special_tokens=False).ids)
+
     def content_ids(self, text: str) -> list[int]:
         """Token ids of message content; overlong content keeps its head (3/4) and tail (1/4)."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self.tokenizer.encode(normalize_content(text), add_special_tokens=False).ids
         limit = self.max_message_tokens
         if len(ids) > limit:
             head = (limit * 3) // 4
@@ -61,24 +85,30 @@ class MessageEncoder:
         return ids
 
     def encode_message(self, message: Message) -> np.ndarray:
-        """`ROLE content <|end|>` plus `<|assess|>` for assessed roles."""
-        ids = [self.role_ids[message.role], *self.content_ids(message.content), self.end_id]
+        """`ROLE content END` plus the assess marker for assessed roles."""
+        ids = [*self.role_ids[message.role], *self.content_ids(message.content), *self.end_ids]
         if message.role in self.assess_after:
-            ids.append(self.assess_id)
+            ids.extend(self.assess_ids)
         return np.asarray(ids, dtype=np.int64)
 
     def encode_partial(self, role: str, text: str) -> np.ndarray:
-        """An unfinished message (streaming): `ROLE content <|assess|>` without `<|end|>`."""
-        return np.asarray([self.role_ids[role], *self.content_ids(text), self.assess_id], dtype=np.int64)
+        """An unfinished message (streaming): `ROLE content` and the assess marker, without `END`."""
+        return np.asarray([*self.role_ids[role], *self.content_ids(text), *self.assess_ids], dtype=np.int64)
 
     def assesses(self, message: Message) -> bool:
         return message.role in self.assess_after
 
     def encode_conversation(self, messages: list[Message]) -> tuple[np.ndarray, list[int]]:
-        """Ids of a whole conversation (with `<|bos|>`) and the positions of its `<|assess|>` tokens."""
-        parts = [np.asarray([self.bos_id], dtype=np.int64)] + [self.encode_message(m) for m in messages]
-        ids = np.concatenate(parts)
-        return ids, [int(i) for i in np.flatnonzero(ids == self.assess_id)]
+        """Ids of a whole conversation (with the `bos` marker) and its score positions (the last token of each
+        assess marker)."""
+        parts = [np.asarray(self.bos_ids, dtype=np.int64)]
+        positions, offset = [], len(self.bos_ids)
+        for m in messages:
+            parts.append(self.encode_message(m))
+            offset += len(parts[-1])
+            if self.assesses(m):
+                positions.append(offset - 1)
+        return np.concatenate(parts), positions
 
 
 def train_tokenizer(texts: list[str] | object, vocab_size: int = 8192, min_frequency: int = 2) -> Tokenizer:

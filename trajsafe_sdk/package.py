@@ -14,9 +14,10 @@ from tokenizers import Tokenizer
 
 from .errors import PackageError
 from .labels import ACTIONS, CATEGORIES, RISK_LABELS
-from .layout import ALL_SPECIAL_TOKENS, MessageEncoder
+from .layout import LABEL_TOKENS, MessageEncoder
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: layout markers are strings of one or more tokens (1: one special token each)
+SUPPORTED_SCHEMAS = (1, 2)
 MANIFEST = "monitor.json"
 REQUIRED_KEYS = ("schema_version", "name", "version", "labels", "layout", "context_limit", "architecture", "kv",
                  "files", "tokenizer", "policy")
@@ -139,17 +140,18 @@ def _check_manifest(manifest: Any, folder: Path) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise PackageError(f"{folder / MANIFEST}: missing keys {missing}")
-    if manifest["schema_version"] != SCHEMA_VERSION:
+    if manifest["schema_version"] not in SUPPORTED_SCHEMAS:
         raise PackageError(f"{folder / MANIFEST}: schema_version {manifest['schema_version']!r} is not supported "
-                           f"by this SDK (expected {SCHEMA_VERSION}); upgrade trajsafe-sdk or re-export the package")
+                           f"by this SDK (supported: {SUPPORTED_SCHEMAS}); upgrade trajsafe-sdk or re-export it")
     labels = manifest["labels"]
     expected = {"actions": ACTIONS, "categories": CATEGORIES, "risk": RISK_LABELS}
     for key, value in expected.items():
         if labels.get(key) != value:
             raise PackageError(f"{folder / MANIFEST}: labels.{key} is {labels.get(key)!r}, expected {value!r}")
-    special = manifest["layout"].get("special_tokens", {})
-    if list(special) != ALL_SPECIAL_TOKENS:
-        raise PackageError(f"{folder / MANIFEST}: layout.special_tokens do not match this SDK's message layout")
+    layout = manifest["layout"]
+    special = layout.get("special_tokens", {})
+    if layout.get("label_tokens") != LABEL_TOKENS or any(tok not in special for tok in LABEL_TOKENS):
+        raise PackageError(f"{folder / MANIFEST}: layout.label_tokens do not match this SDK's label space")
     if not manifest["files"]:
         raise PackageError(f"{folder / MANIFEST}: lists no ONNX files")
 
@@ -178,6 +180,7 @@ def write_package(
     max_message_tokens: int = 512,
     card: str | None = None,
     extra: dict[str, Any] | None = None,
+    layout: dict[str, Any] | None = None,
 ) -> Path:
     """Write a package folder.
 
@@ -202,7 +205,7 @@ def write_package(
         "name": name,
         "version": version,
         "labels": {"actions": ACTIONS, "categories": CATEGORIES, "risk": RISK_LABELS},
-        "layout": default_layout(max_message_tokens),
+        "layout": layout or default_layout(max_message_tokens),
         "context_limit": context_limit,
         "architecture": architecture,
         "kv": {"layout": "BNSH", "num_layers": architecture["num_layers"],

