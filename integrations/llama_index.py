@@ -96,7 +96,7 @@ class TrajSafeDecisionEvent(BaseEvent):
     action: str = "allow"
     category: str = "benign"
     risk: float = 0.0
-    decision: dict[str, Any] = Field(default_factory=dict)  # the Decision's fields (DESIGN.md §3)
+    decision: dict[str, Any] = Field(default_factory=dict)  # the Decision's fields (docs/contracts.md §3)
     source: str = "llm"  # "llm" (GuardedLLM), "callback", "audit"
 
     @classmethod
@@ -491,7 +491,7 @@ class TrajSafeEventHandler(BaseEventHandler):
 
     @property
     def decisions(self) -> list[dict[str, Any]]:
-        """The recorded decisions (DESIGN.md §3 fields), oldest first."""
+        """The recorded decisions (docs/contracts.md §3 fields), oldest first."""
         return [e.decision for e in self.events]
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:

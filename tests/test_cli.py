@@ -1,4 +1,4 @@
-"""The `trajsafe` command line and the evaluation harness behind it (DESIGN.md §5-6).
+"""The `trajsafe` command line and the evaluation harness behind it (docs/contracts.md §5-6).
 
 The installed console script runs in subprocesses on good and bad input (exact output shapes, exit codes); the
 finer behaviour (turn-by-turn equivalence, sticky terminate, re-windowing, workers, streaming) is checked in process.
@@ -31,10 +31,11 @@ from trajsafe_sdk.evaluation import (
     read_lines,
     score_lines,
 )
-from trajsafe_sdk.labels import ACTIONS, CATEGORIES
+from trajsafe_sdk.labels import ACTIONS, CATEGORIES, EXPECTATIONS
 from trajsafe_sdk.messages import Message
 from trajsafe_sdk.policy import Policy
 from trajsafe_sdk.pool import SessionPool
+from trajsafe_sdk.runtime import cuda_usable
 from trajsafe_sdk.training.metrics import conversation_metrics
 
 SCRIPT = Path(sys.executable).with_name("trajsafe")
@@ -174,6 +175,10 @@ def test_eval_console_script(tiny_package: Path) -> None:
     assert report["baseline"]["name"] == "last-message" and report["baseline"]["overall"]["counts"] == {
         **report["baseline"]["overall"]["counts"], "harmful": 4, "benign": 5}
     assert "by_source" not in report["monitor"]  # no `source` field in the demo file
+    policy = json.loads((tiny_package / "monitor.json").read_text())["policy"]
+    assert report["policy"]["probe_risk"] == policy.get("probe_risk", 1.1)
+    assert {k: report["policy"][k] for k in ("probe", "steer", "refuse", "terminate")} == {
+        k: policy[k] for k in ("probe", "steer", "refuse", "terminate")}
     text = run("eval", str(DEMO), "--model", str(tiny_package), "--provider", "cpu", "--quiet")
     assert text.returncode == 0 and text.stderr == ""
     assert "| overall" in text.stdout and "| catch | block | over-refusal | friction | earliness |" in text.stdout
@@ -185,22 +190,38 @@ def test_demo_console_script(tiny_package: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     conversations = [json.loads(line) for line in DEMO.read_text().splitlines()]
     turns = sum(m["role"] == "user" for c in conversations for m in c["messages"])
-    rows = [line.split() for line in proc.stdout.splitlines() if line[:6].strip().isdigit()]
+    rows = [line.removesuffix("  (missed)").split() for line in proc.stdout.splitlines() if line[:6].strip().isdigit()]
     assert len(rows) == turns
+    shoulds = [("-" if e == "any" else e) for c in conversations for e in c["expect"]]
+    assert [row[-1] for row in rows] == shoulds
     for row in rows:
-        assert row[-1] == "ms" and float(row[-2]) >= 0 and 0 <= float(row[-3]) <= 1
-        assert row[-4] in CATEGORIES and row[-5] in ACTIONS
+        assert row[-2] == "ms" and float(row[-3]) >= 0 and 0 <= float(row[-4]) <= 1
+        assert row[-5] in CATEGORIES and row[-6] in ACTIONS
     assert sum(line.startswith("[") for line in proc.stdout.splitlines()) == len(conversations)
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"summary: {len(conversations)} conversations, {turns} user turns (")
-    assert "median latency" in summary
+    assert "turns as they should be " in summary and "median latency" in summary
 
 
 def test_missing_default_monitor_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("demo", env={"TRAJSAFE_MODEL": str(tmp_path / "no-such-package")})
     assert proc.returncode == 2
-    assert "cannot load the monitor package" in proc.stderr and "--model" in proc.stderr
+    assert "cannot load the monitor package: $TRAJSAFE_MODEL is set to " in proc.stderr
+    assert "embedded default monitor is missing" not in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_package_errors_name_their_cause(tiny_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["demo", "--model", str(tiny_package), "--variant", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "no ONNX variant 'fp16'; the package has ['fp32', 'int8']" in err and "embedded" not in err
+    from trajsafe_sdk import package
+
+    monkeypatch.delenv("TRAJSAFE_MODEL", raising=False)
+    monkeypatch.setattr(package, "__file__", str(tmp_path / "site-packages" / "trajsafe_sdk" / "package.py"))
+    assert cli.main(["info"]) == 2
+    assert "the embedded default monitor is missing from this installation" in capsys.readouterr().out
 
 
 def test_info_console_script(tiny_package: Path) -> None:
@@ -212,6 +233,27 @@ def test_info_console_script(tiny_package: Path) -> None:
     rt = info["onnxruntime"]
     assert "CPUExecutionProvider" in rt["providers_available"] and rt["provider_chosen"] == "cpu"
     assert rt["cuda"]["reason"] and set(info["versions"]) >= {"python", "onnxruntime", "tokenizers", "numpy"}
+
+
+@pytest.mark.skipif(cuda_usable()[0], reason="CUDA runs here: nothing to fall back from")
+def test_info_says_auto_tried_cuda(tiny_package: Path) -> None:
+    proc = run("info", "--json", "--model", str(tiny_package))
+    assert proc.returncode == 0, proc.stderr
+    reason = json.loads(proc.stdout)["onnxruntime"]["cuda"]["reason"]
+    assert "was requested" not in reason
+    assert reason.startswith("--provider auto tried CUDA, then chose CPU: ")
+
+
+@pytest.mark.skipif(cuda_usable()[0], reason="CUDA runs here")
+def test_cuda_failure_is_one_clean_error(tiny_package: Path) -> None:
+    """Monitor.load(provider="cuda") where CUDA cannot run: the ProviderError only, no native onnxruntime lines."""
+    code = ("from trajsafe_sdk import Monitor, ProviderError\n"
+            f"try:\n    Monitor.load({str(tiny_package)!r}, provider='cuda')\n"
+            "except ProviderError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "TRAJSAFE_ORT_LOG"})
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("provider 'cuda' was requested but cannot run here: ")
 
 
 # ---------------------------------------------------------------------------------------------------- in process
@@ -252,11 +294,12 @@ def test_score_equals_turn_by_turn_guard_reading(tiny_package: Path) -> None:
     pool, policy = SessionPool(monitor), Policy.from_package(monitor.package.policy_defaults)
     for conv, result in zip(conversations, scored, strict=True):
         assert isinstance(result, Scored)
-        live = []
+        live, live_tokens = [], []
         for i, m in enumerate(conv["messages"]):
             if m["role"] == "user":
                 session, assessments = pool.assess(conv["messages"][: i + 1], conversation_id=conv["id"])
                 live.append(policy.decide(assessments[-1], session.state))
+                live_tokens.append(sum(a.tokens for a in assessments))
         assert [d.action for d in result.decisions] == [d.action for d in live]
         assert [d.message_index for d in result.decisions] == [d.message_index for d in live]
         np.testing.assert_allclose([d.risk for d in result.decisions], [d.risk for d in live], atol=1e-4)
@@ -264,7 +307,7 @@ def test_score_equals_turn_by_turn_guard_reading(tiny_package: Path) -> None:
         n_tokens = len(enc.bos_ids) + sum(len(enc.encode_message(Message(**m))) for m in conv["messages"])
         assert result.tokens == n_tokens
         # each decision's tokens are what a live guard reads for it: the messages since the previous decision
-        assert [d.tokens for d in result.decisions] == [d.tokens for d in live]
+        assert [d.tokens for d in result.decisions] == live_tokens
 
 
 def test_sticky_terminate_per_conversation(tiny_monitor: Monitor) -> None:
@@ -313,6 +356,10 @@ def test_parse_line_labelled() -> None:
     assert isinstance(bad, LineError) and bad.to_dict() == {"id": 2, "line": 4, "error": bad.error}
     assert "'label'" in bad.error
     assert isinstance(parse_line(b"\xff\xfe", 1), LineError)
+    typo = parse_line('{"id": 5, "label": "harmful", "category": "malwar", "messages": [{"role": "user", '
+                      '"content": "x"}]}', 7, labelled=True)
+    assert isinstance(typo, LineError) and typo.to_dict() == {"id": 5, "line": 7, "error": typo.error}
+    assert "unknown 'category' 'malwar'" in typo.error and "malware" in typo.error
 
 
 def test_eval_metrics_match_score_output(tiny_package: Path, tmp_path: Path,
@@ -403,6 +450,15 @@ def test_demo_conversations_are_valid_eval_input() -> None:
     assert sum(c["kind"] == "scary-but-benign" for c in conversations) >= 3
     assert all(len([m for m in c["messages"] if m["role"] == "user"]) >= 3
                for c in conversations if c["kind"] == "escalation")
+    for c in conversations:  # what a correct guard does on each user turn (checked on the shipped monitor elsewhere)
+        assert len(c["expect"]) == sum(m["role"] == "user" for m in c["messages"]) and set(c["expect"]) <= set(
+            EXPECTATIONS)
+        if c["label"] == "benign":
+            assert "block" not in c["expect"] and c["expect"][-1] == "allow"
+        else:
+            assert c["expect"][0] == "allow" and c["expect"][-1] == "block"
+        if c["kind"] in ("benign", "scary-but-benign"):
+            assert set(c["expect"]) == {"allow"}
 
 
 @pytest.mark.skipif(data_dir() is None, reason="the shared datasets are not here")

@@ -215,6 +215,33 @@ def test_partial_assessment_leaves_cache_unchanged(tiny_monitor: Monitor) -> Non
     assert abs(split_label_logits(logits)[2] - partial.risk) <= TOL
 
 
+def test_each_assessment_counts_its_own_tokens(tiny_monitor: Monitor) -> None:
+    """After sync/assess of several messages, each Assessment reports the tokens read for it, not the run's total."""
+    enc = tiny_monitor.encoder
+    history = [Message("system", "be kind"), Message("user", "hello there"), Message("assistant", "hi, how can I"),
+               Message("tool", "42"), Message("user", "tell me about the history of the war please")]
+    sizes = [len(enc.encode_message(m)) for m in history]
+    expected = [1 + sizes[0] + sizes[1], sizes[2], sizes[3] + sizes[4]]  # <|bos|> and unassessed messages before
+    session = tiny_monitor.new_session()
+    assert [a.tokens for a in session.sync(history)] == expected
+    assert sum(expected) == session.tokens_processed
+    _, got = SessionPool(tiny_monitor).assess(history)
+    assert [a.tokens for a in got] == expected
+    (batched,) = TrajectorySession.extend_batch([tiny_monitor.new_session()], [history])
+    assert [a.tokens for a in batched] == expected
+
+
+def test_assessment_repr_and_dict_are_labelled(tiny_monitor: Monitor) -> None:
+    a = tiny_monitor.new_session().append(Message("user", "hello there"))
+    data = a.to_dict()
+    assert list(data["action_scores"]) == ["allow", "probe", "steer", "refuse", "terminate"]
+    assert len(data["category_scores"]) == 13 and data["category"] == a.category
+    assert json.loads(json.dumps(data)) == data
+    text = repr(a)
+    assert text.startswith("Assessment(message 0 (user), risk=") and "allow=" in text and "terminate=" in text
+    assert "array(" not in text and f"tokens={a.tokens}" in text
+
+
 # -- pool --------------------------------------------------------------------------------------------------------
 def test_pool_prefix_matching_reads_only_new_messages(tiny_monitor: Monitor) -> None:
     pool = SessionPool(tiny_monitor)

@@ -299,6 +299,16 @@ def test_regenerating_after_a_probe_probes_again(tiny_monitor: Monitor) -> None:
     assert warm.decision.tokens == len(tiny_monitor.encoder.encode_message(Message(**history[0])))  # <|bos|> kept
 
 
+def test_a_decision_counts_the_tokens_read_since_the_previous_one(tiny_monitor: Monitor) -> None:
+    """A whole history read at once: the last decision counts the reply and the user turn, not the whole run."""
+    g = Guard(monitor=tiny_monitor, policy=forced("allow"))
+    history = [Message("user", "hello there"), Message("assistant", "hi, how can I help"),
+               Message("user", "tell me about the history of the war")]
+    verdict = g.check_input([m.to_dict() for m in history], "c-tokens")
+    sizes = [len(tiny_monitor.encoder.encode_message(m)) for m in history]
+    assert verdict.decision.tokens == sizes[1] + sizes[2]
+
+
 def test_stateless_caller_pays_only_for_new_messages(tiny_monitor: Monitor) -> None:
     events: list[DecisionEvent] = []
     chat = guard(make_model("sync", []), monitor=tiny_monitor, policy=forced("allow"), on_decision=events.append)

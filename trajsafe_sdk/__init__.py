@@ -4,8 +4,10 @@
 or when `Monitor`, `Policy` or `SessionPool` is first accessed.
 """
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _checkout
 from .decision import Decision
 from .errors import (
     ConversationTerminated,
@@ -19,6 +21,8 @@ from .errors import (
 from .guard import DecisionEvent, Guard, StreamChecker, Verdict, default_monitor, guard
 from .handlers import Handlers
 from .labels import ACTIONS, CATEGORIES, Action, Category
+
+_checkout.install(Path(__file__).resolve().parent)  # run from a clone's root: kernels/, integrations/ (see there)
 
 if TYPE_CHECKING:
     from .core import Monitor

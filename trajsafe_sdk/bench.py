@@ -1,4 +1,5 @@
-"""The benchmark behind `trajsafe bench` (DESIGN.md §7): per-turn latency, throughput and memory of the inference core.
+"""The benchmark behind `trajsafe bench` (docs/contracts.md §7): per-turn latency, throughput and memory of the
+inference core.
 
 What is measured, all in one process and one run (ratios are taken between figures of the same run):
 

@@ -1,4 +1,4 @@
-"""The `trajsafe` command line (DESIGN.md §5): demo, score, eval, bench, info."""
+"""The `trajsafe` command line (docs/contracts.md §5): demo, score, eval, bench, info."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from . import __version__
 from .errors import PackageError, ProviderError, TrajSafeError
+from .labels import CATEGORIES, EXPECTATIONS
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
@@ -30,10 +31,18 @@ command.
 Every command takes --model DIR (a monitor package folder; default: the embedded monitor, or $TRAJSAFE_MODEL)
 and --provider auto|cpu|cuda. Exit codes: 0 ok, 1 some input lines failed, 2 usage, package or provider error,
 3 internal error (a bug: please report it), 141 the output reader went away.
+The formats and metrics are specified in docs/contracts.md of the TrajSafe SDK repository.
 """
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _wrapped(words: list[str], indent: int, width: int = 100) -> str:
+    """`words` joined with commas, wrapped for a --help text (continuation lines indented)."""
+    import textwrap
+
+    return textwrap.fill(", ".join(words), width, subsequent_indent=" " * indent)
+
+
 class CliError(Exception):
     """A user-facing error: printed as `trajsafe: error: ...`, exit code 2."""
 
@@ -68,13 +77,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _quiet_onnxruntime() -> None:
-    """Silence ONNX Runtime's own stderr logging (e.g. CUDA libraries missing while `auto` probes for them)."""
+    """Silence ONNX Runtime's own stderr logging, unless `$TRAJSAFE_ORT_LOG` is set."""
     if os.environ.get("TRAJSAFE_ORT_LOG"):
         return
-    with contextlib.suppress(Exception):
-        import onnxruntime as ort
+    from .runtime import set_ort_log_severity
 
-        ort.set_default_logger_severity(4)
+    set_ort_log_severity(4)
 
 
 def _load_monitor(args: argparse.Namespace, threads: int | None = None) -> Any:
@@ -173,26 +181,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"TrajSafe demo: monitor {_model_line(monitor)}", file=out)
     actions: Counter[str] = Counter()
     latencies: list[float] = []
-    benign_ok = benign_n = harmful_caught = harmful_n = 0
-    header = f"  {'turn':>4}  {'user message':<58}  {'action':<9}  {'category':<20}  {'risk':>5}  {'latency':>9}"
+    benign_ok = benign_n = harmful_caught = harmful_n = as_expected = 0
+    header = (f"  {'turn':>4}  {'user message':<58}  {'action':<9}  {'category':<20}  {'risk':>5}  {'latency':>9}  "
+              "should")
     for n, conv in enumerate(conversations, start=1):
         expected = "should be allowed" if conv["label"] == "benign" else "should be stopped"
         print(f"\n[{n}/{len(conversations)}] {conv['kind']}: {conv['title']} ({expected})", file=out)
         print(header, file=out)
         history: list[dict[str, str]] = []
         conv_actions = []
-        turn = 0
         for message in conv["messages"]:
             history.append(message)
             if message["role"] != "user":
                 continue
-            turn += 1
             decision = decide(f"demo-{conv['id']}", list(history))
+            should = conv["expect"][len(conv_actions)]
+            met = decision.action in EXPECTATIONS[should]
+            as_expected += met
             conv_actions.append(decision.action)
             actions[decision.action] += 1
             latencies.append(decision.latency_ms)
-            print(f"  {turn:>4}  {_clip(message['content'], 58):<58}  {decision.action:<9}  {decision.category:<20}  "
-                  f"{decision.risk:>5.2f}  {decision.latency_ms:>6.1f} ms", file=out)
+            print(f"  {len(conv_actions):>4}  {_clip(message['content'], 58):<58}  {decision.action:<9}  "
+                  f"{decision.category:<20}  {decision.risk:>5.2f}  {decision.latency_ms:>6.1f} ms  "
+                  f"{should if should != 'any' else '-'}{'' if met else '  (missed)'}", file=out)
         if conv["label"] == "benign":
             benign_n += 1
             benign_ok += all(a == "allow" for a in conv_actions)
@@ -202,7 +213,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{a} {actions[a]}" for a in ("allow", "probe", "steer", "refuse", "terminate"))
     median = statistics.median(latencies) if latencies else 0.0
     print(f"\nsummary: {len(conversations)} conversations, {sum(actions.values())} user turns ({counts}); "
-          f"benign allowed {benign_ok}/{benign_n}, escalations caught {harmful_caught}/{harmful_n}; "
+          f"benign allowed {benign_ok}/{benign_n}, escalations caught {harmful_caught}/{harmful_n}, "
+          f"turns as they should be {as_expected}/{len(latencies)}; "
           f"median latency {median:.1f} ms per turn ({monitor.provider}, {monitor.variant})", file=out)
     return EXIT_OK
 
@@ -250,7 +262,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Labelled JSONL in, DESIGN.md §6 metrics out (tables, or JSON with --json)."""
+    """Labelled JSONL in, docs/contracts.md §6 metrics out (tables, or JSON with --json)."""
     from .evaluation import Progress, eval_summary, evaluate, format_report, read_lines
 
     scorer = _scorer(args)
@@ -268,7 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = {"input": args.input,
                "model": {"name": pkg.name, "version": pkg.version, "path": str(pkg.path), "variant": monitor.variant,
                          "provider": monitor.provider},
-               "policy": dict(scorer.policy.thresholds), **eval_summary(result, by)}
+               "policy": scorer.policy.to_dict(), **eval_summary(result, by)}
     for err in result.errors[:20] if not args.quiet else []:
         print(f"trajsafe: line {err.line}: {err.error}", file=sys.stderr)
     if len(result.errors) > 20 and not args.quiet:
@@ -312,13 +324,13 @@ def collect_info(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
     import tokenizers
 
     from .package import default_package_path
-    from .runtime import available_providers, cuda_usable
+    from .runtime import available_providers, cuda_usable, onnxruntime_distributions
 
     info: dict[str, Any] = {
         "sdk": {"name": "trajsafe-sdk", "version": __version__, "path": str(Path(__file__).resolve().parent)},
         "model": {"path": str(Path(args.model) if args.model else default_package_path())},
-        "onnxruntime": {"version": ort.__version__, "providers_available": available_providers(),
-                        "provider_requested": args.provider},
+        "onnxruntime": {"version": ort.__version__, "distributions": onnxruntime_distributions(),
+                        "providers_available": available_providers(), "provider_requested": args.provider},
         "versions": {"python": platform.python_version(), "onnxruntime": ort.__version__,
                      "tokenizers": tokenizers.__version__, "numpy": numpy.__version__,
                      "platform": platform.platform()},
@@ -343,53 +355,14 @@ def collect_info(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
         cuda: dict[str, Any] = {"usable": True, "reason": "chosen"}
     elif args.provider == "cpu":
         cuda = {"usable": None, "reason": "not tried (--provider cpu)"}
-    else:
-        usable, why = _probe_cuda(cuda_usable if monitor is None else _cuda_session_probe(monitor))
+    else:  # the package's CUDA variant on CUDA (the probe model needs no package), with onnxruntime's own causes
+        usable, why = cuda_usable() if monitor is None else cuda_usable(
+            monitor.package.onnx_path(monitor.package.default_variant("cuda")))
+        if not usable and args.provider == "auto":
+            why = f"--provider auto tried CUDA, then chose CPU: {why}"
         cuda = {"usable": usable, "reason": why}
     info["onnxruntime"]["cuda"] = cuda
     return info, error
-
-
-def _cuda_session_probe(monitor: Any) -> Any:
-    """A probe that opens the package's CUDA variant on CUDA (needs no `onnx` module, unlike `cuda_usable`)."""
-    from .runtime import create_session
-
-    def probe() -> tuple[bool, str]:
-        try:
-            create_session(monitor.package.onnx_path(monitor.package.default_variant("cuda")), "cuda")
-        except ProviderError as exc:
-            return False, str(exc)
-        except Exception as exc:  # driver/library errors surface as generic onnxruntime exceptions
-            return False, f"CUDA session failed: {exc}"
-        return True, "ok"
-
-    return probe
-
-
-def _probe_cuda(probe: Any) -> tuple[bool, str]:
-    """`cuda_usable()`, with the cause ONNX Runtime logs natively (e.g. a missing CUDA library) added to the reason."""
-    import re
-    import tempfile
-
-    import onnxruntime as ort
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        try:
-            ort.set_default_logger_severity(2)
-            os.dup2(capture.fileno(), 2)
-            usable, why = probe()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            _quiet_onnxruntime()
-        capture.seek(0)
-        log = capture.read().decode("utf-8", "replace")
-    details = re.findall(r"with error: ([^\n\x1b]+)", log) + re.findall(r"(Require [^.]*\.\*[^.]*\.\*)", log)
-    if not usable and details:
-        why += " [onnxruntime: " + "; ".join(dict.fromkeys(d.strip() for d in details)) + "]"
-    return usable, why
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -408,9 +381,13 @@ def cmd_info(args: argparse.Namespace) -> int:
                      ("variants", ", ".join(f"{v} ({spec['dtype']}, checked on {'/'.join(spec['providers'] or [])})"
                                             for v, spec in model["variants"].items())),
                      ("policy", ", ".join(f"{k} {v}" for k, v in model["policy"].items()))]
-        rows += [("onnxruntime", rt["version"]),
-                 ("providers", ", ".join(rt["providers_available"])),
-                 ("requested", rt["provider_requested"])]
+        dists = rt["distributions"]
+        rows.append(("onnxruntime", f"{rt['version']} ({', '.join(f'{n} {v}' for n, v in dists.items())})"))
+        if len(dists) > 1:
+            rows.append(("WARNING", "onnxruntime and onnxruntime-gpu are both installed and overwrite each other's "
+                                    "files; keep one: pip uninstall -y onnxruntime onnxruntime-gpu, then pip install "
+                                    "onnxruntime-gpu (or onnxruntime for CPU only)"))
+        rows += [("providers", ", ".join(rt["providers_available"])), ("requested", rt["provider_requested"])]
         if not error:
             rows.append(("chosen", f"{rt['provider_chosen']} (variant {rt['variant']})"))
         cuda = rt["cuda"]
@@ -439,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "run the bundled example conversations through the guard, a decision per user turn",
             "Run the bundled example conversations (benign, scary-but-benign, gradual escalations, a probe answered "
             "credibly) through the guard on the monitor, deciding after every user message, and print per user "
-            "turn the action, category, risk and latency, then a one-line summary. Works offline.")
+            "turn the action, category, risk, latency and what a correct guard should do there (allow: allowed; "
+            "block: refused or terminated; -: no expectation), then a one-line summary. Works offline.")
     _common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -476,8 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("eval", "labelled JSONL in, quality metrics out (catch, block, over-refusal, friction, earliness)",
             "Evaluate the monitor on labelled conversations: the score input plus\n"
-            '  "label": "harmful"|"benign", optional "category" (DESIGN.md §2) and "source".\n'
-            "Prints, overall, per category and per source (when given), the metrics of DESIGN.md §6:\n"
+            '  "label": "harmful"|"benign", optional "category" and "source" (strings). A category is benign or\n'
+            "  one of the twelve harm categories:\n"
+            f"    {_wrapped(CATEGORIES[1:], 4)}.\n"
+            "  A bad line (as for score, or an unknown label or category) yields an error record and the exit\n"
+            "  code is 1; the other lines are still evaluated.\n"
+            "Prints, overall, per category and per source (when given), these metrics:\n"
             "  catch rate    harmful: share with a non-allow decision at or before the last user message\n"
             "  block rate    harmful: share whose last user message gets steer, refuse or terminate\n"
             "  over-refusal  benign: share with refuse or terminate anywhere\n"
@@ -550,12 +532,8 @@ def _main(argv: list[str] | None) -> int:
     _quiet_onnxruntime()
     try:
         return args.func(args)
-    except PackageError as exc:
-        hint = ""
-        if getattr(args, "model", None) is None:
-            hint = ("\nThe embedded default monitor is missing from this installation; pass --model DIR (a monitor "
-                    "package folder) or set TRAJSAFE_MODEL.")
-        print(f"trajsafe: error: cannot load the monitor package: {exc}{hint}", file=sys.stderr)
+    except PackageError as exc:  # the error names its cause (a bad --model, $TRAJSAFE_MODEL, a missing variant...)
+        print(f"trajsafe: error: cannot load the monitor package: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ProviderError, CliError) as exc:
         print(f"trajsafe: error: {exc}", file=sys.stderr)

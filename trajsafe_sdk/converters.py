@@ -1,9 +1,9 @@
-"""Convert the public datasets of `../shared/data/` into labelled `trajsafe eval` JSONL (DESIGN.md §5).
+"""Convert the public datasets of `../shared/data/` into labelled `trajsafe eval` JSONL (docs/contracts.md §5).
 
 ``python -m trajsafe_sdk.converters DATA_DIR OUT_DIR [--split dev] [--seed 0]`` writes ``OUT_DIR/<split>.jsonl``
 and one file per source under ``OUT_DIR/<split>_by_source/``. The dataset parsing, the mapping of each source's
-categories onto DESIGN.md §2 and the split by source item live in `trajsafe_sdk.training` (one copy); this module
-only selects a split and writes the evaluation records:
+categories onto docs/contracts.md §2 and the split by source item live in `trajsafe_sdk.training` (one copy);
+this module only selects a split and writes the evaluation records:
 
     {"id", "source", "label": "harmful"|"benign", "category", "pattern", "messages": [{"role", "content"}]}
 

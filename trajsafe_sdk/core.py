@@ -38,9 +38,14 @@ KV_DTYPES = {"float32": np.float32, "float16": np.float16}
 WINDOW_FRACTION = 0.75  # share of the context a re-encoded window may fill
 
 
-@dataclass
+@dataclass(repr=False)
 class Assessment:
-    """The monitor's raw reading after one message (before the policy turns it into a Decision)."""
+    """The monitor's raw reading after one message (before the policy turns it into a Decision).
+
+    `action_scores` / `category_scores` are probability arrays in `ACTIONS` / `CATEGORIES` order (`to_dict()` labels
+    them). `tokens` counts the tokens read for this message: its own, plus any unassessed (system, tool) messages
+    and `<|bos|>` read before it in the same run. `latency_ms` is the wall time of the run that read it.
+    """
 
     message_index: int
     role: str
@@ -54,6 +59,22 @@ class Assessment:
     @property
     def category(self) -> str:
         return CATEGORIES[int(np.argmax(self.category_scores))]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the scores labelled: `{"action_scores": {"allow": 0.97, ...}, ...}`."""
+        return {"message_index": self.message_index, "role": self.role, "category": self.category,
+                "risk": round(float(self.risk), 6),
+                "action_scores": {a: round(float(p), 6) for a, p in zip(ACTIONS, self.action_scores, strict=True)},
+                "category_scores": {c: round(float(p), 6)
+                                    for c, p in zip(CATEGORIES, self.category_scores, strict=True)},
+                "tokens": self.tokens, "latency_ms": round(float(self.latency_ms), 3), "partial": self.partial}
+
+    def __repr__(self) -> str:
+        actions = ", ".join(f"{a}={float(p):.3f}" for a, p in zip(ACTIONS, self.action_scores, strict=True))
+        top = float(np.max(self.category_scores))
+        return (f"Assessment(message {self.message_index} ({self.role}), risk={self.risk:.3f}, "
+                f"category={self.category} ({top:.3f}), actions: {actions}, tokens={self.tokens}, "
+                f"latency_ms={self.latency_ms:.2f}{', partial' if self.partial else ''})")
 
 
 def length_feeds(past_lengths: Sequence[int], new_tokens: int) -> dict[str, np.ndarray]:
@@ -559,6 +580,7 @@ class TrajectorySession:
         self.tokens_processed += len(ids)
         assessments: list[Assessment] = []
         k = 0
+        read_up_to = prefix_before  # each Assessment counts the tokens read since the previous one in this run
         for j, (msg, start) in enumerate(zip(new, starts, strict=True)):
             end = starts[j + 1] if j + 1 < len(starts) else prefix_before + len(ids)
             self.messages.append(msg)
@@ -566,8 +588,9 @@ class TrajectorySession:
             if logits is not None and self.monitor.encoder.assesses(msg):
                 act, cat, risk = split_label_logits(logits[k])
                 k += 1
-                assessments.append(Assessment(first_index + j, msg.role, act, cat, float(risk), len(ids),
+                assessments.append(Assessment(first_index + j, msg.role, act, cat, float(risk), end - read_up_to,
                                               elapsed_ms))
+                read_up_to = end
         return assessments
 
     # -- editing history ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Decision record (DESIGN.md §3)."""
+"""The Decision record (docs/contracts.md §3)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class Decision:
         return self.action == Action.ALLOW.value
 
     def to_dict(self) -> dict[str, Any]:
-        """Exactly the DESIGN.md §3 fields, JSON-ready."""
+        """Exactly the docs/contracts.md §3 fields, JSON-ready."""
         data = asdict(self)
         return {k: data[k] for k in DECISION_FIELDS}
 

@@ -1,4 +1,4 @@
-"""Scoring and evaluation harness behind `trajsafe score` and `trajsafe eval` (DESIGN.md §5-6).
+"""Scoring and evaluation harness behind `trajsafe score` and `trajsafe eval` (docs/contracts.md §5-6).
 
 Input is JSONL, one conversation per line: ``{"id": ..., "messages": [{"role", "content"}, ...]}`` plus, for
 evaluation, ``"label": "harmful"|"benign"`` and optional ``"category"`` and ``"source"``. Lines are read lazily and
@@ -31,6 +31,7 @@ from typing import IO, Any
 from .core import Assessment, Monitor, TrajectorySession
 from .decision import DECISION_FIELDS, Decision
 from .errors import MessageError, TrajSafeError
+from .labels import CATEGORIES
 from .messages import Message, clean_text, normalize_messages
 from .policy import Policy
 from .training.metrics import breakdown, conversation_metrics
@@ -136,6 +137,9 @@ def parse_line(raw: bytes | str, line: int, labelled: bool = False,
         for key in ("category", "source"):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 return LineError(line, conv_id, f"'{key}' must be a string, got a JSON {_json_type(obj[key])}", size)
+        if obj.get("category") is not None and obj["category"] not in CATEGORIES:
+            return LineError(line, conv_id, f"unknown 'category' {obj['category']!r}; expected one of "
+                                            f"{', '.join(CATEGORIES)}", size)
         conv.label, conv.source = label, obj.get("source")
         conv.category = obj.get("category") or ("benign" if label == "benign" else None)
     for key in fields:

@@ -1,5 +1,5 @@
 """The action-dispatch API: one decorator that carries out allow / probe / steer / refuse / terminate around a chat
-callable (DESIGN.md §1).
+callable (docs/contracts.md §1).
 
 Usage::
 
@@ -158,7 +158,7 @@ def default_monitor() -> Monitor:
     from .core import Monitor
     from .package import default_package_path
 
-    path = str(Path(default_package_path()).resolve())
+    path = str(Path(default_package_path(check=True)).resolve())
     with _DEFAULT_LOCK:
         monitor = _DEFAULT_MONITORS.get(path)
         if monitor is None:
@@ -598,12 +598,12 @@ class Guard:
         policy, state = self.policy, session.state
         if not assessments:  # nothing new (a regenerated reply): the same decision as before
             return self._recall(session, msgs, "input")
-        todo = [a for a in assessments if a.role == "user"]
-        if assessments[-1].role != "user":
-            todo.append(assessments[-1])
-        decision = None
-        for assessment in todo:
-            decision = policy.decide(assessment, state, stage="input")
+        decision, read = None, 0
+        for assessment in assessments:  # a decision after each user message, and after the last message read
+            read += assessment.tokens  # a decision's tokens: those read since the previous decision
+            if assessment.role == "user" or assessment is assessments[-1]:
+                decision = policy.decide(dataclasses.replace(assessment, tokens=read), state, stage="input")
+                read = 0
         assert decision is not None
         _remember(state, msgs, decision)
         return decision

@@ -1,4 +1,4 @@
-"""The label space shared by the monitor, the policy and every tool (DESIGN.md §1-2)."""
+"""The label space shared by the monitor, the policy and every tool (docs/contracts.md §1-2)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,11 @@ ACTIONS: list[str] = ["allow", "probe", "steer", "refuse", "terminate"]
 CATEGORIES: list[str] = [c.value for c in Category]
 RISK_LABELS: list[str] = ["safe", "harm"]
 NUM_LABELS = len(ACTIONS) + len(CATEGORIES) + len(RISK_LABELS)
+
+# What a correct guard does on a turn, as the bundled demo and the examples state it per user turn: the actions that
+# meet each expectation.
+EXPECTATIONS: dict[str, tuple[str, ...]] = {
+    "allow": ("allow",),  # a benign turn: the model is called with the conversation unchanged
+    "block": ("refuse", "terminate"),  # a clearly harmful turn: the model is not called
+    "any": tuple(ACTIONS),  # an ambiguous turn: no expectation
+}

@@ -60,7 +60,7 @@ def to_message(obj: object, index: int = 0, strict: bool = False) -> Message:
     """Normalise one message given as a `Message`, a mapping or an object with `role`/`content` attributes.
 
     Content is read as text (lone surrogates replaced, see `clean_text`); `None` reads as empty text unless `strict`
-    (the JSONL input contract of `trajsafe score`, DESIGN.md §5, where non-string content is an error).
+    (the JSONL input contract of `trajsafe score`, docs/contracts.md §5, where non-string content is an error).
     """
     where = f"message {index}"
     if isinstance(obj, Message):

@@ -1,4 +1,4 @@
-"""Monitor packages (DESIGN.md §4): loading with schema and checksum checks, and writing.
+"""Monitor packages (docs/contracts.md §4): loading with schema and checksum checks, and writing.
 
 A package is trusted only when it is sound: every manifest field has the type and range it needs (a malformed one is
 a `PackageError`, never another exception), files stay inside the package folder, checksums match, and the layout's
@@ -33,15 +33,28 @@ KV_DTYPE_NAMES = ("float32", "float16")
 VARIANT_FLOAT_DTYPES = {"float32": "float32", "int8": "float32", "q4": "float32", "float16": "float16"}
 
 
-def default_package_path() -> Path:
-    """The default monitor: `$TRAJSAFE_MODEL` if set, else the one shipped in the wheel (`models/default`)."""
+def default_package_path(check: bool = False) -> Path:
+    """The default monitor: `$TRAJSAFE_MODEL` if set, else the one shipped in the wheel (`models/default`).
+
+    With `check`, a PackageError names the cause when there is no package there: `$TRAJSAFE_MODEL` pointing at
+    the wrong place, or an installation without the embedded monitor."""
     if os.environ.get("TRAJSAFE_MODEL"):
-        return Path(os.environ["TRAJSAFE_MODEL"])
+        path = Path(os.environ["TRAJSAFE_MODEL"])
+        if check and not (path / MANIFEST).is_file():
+            raise PackageError(f"$TRAJSAFE_MODEL is set to {path}, which is not a monitor package folder (no "
+                               f"{MANIFEST} there); point it at a package folder, or unset it to use the embedded "
+                               "default monitor")
+        return path
     here = Path(__file__).resolve().parent
     installed = here / "_default_model"
     if (installed / MANIFEST).is_file():
         return installed
-    return here.parent / "models" / "default"  # a source checkout or an editable install
+    path = here.parent / "models" / "default"  # a source checkout or an editable install
+    if check and not (path / MANIFEST).is_file():
+        raise PackageError(f"the embedded default monitor is missing from this installation (no {MANIFEST} in "
+                           f"{installed} or {path}); reinstall trajsafe-sdk, or pass a monitor package folder "
+                           "(--model DIR on the command line) or set $TRAJSAFE_MODEL")
+    return path
 
 
 def sha256_file(path: Path) -> str:
@@ -108,7 +121,7 @@ class MonitorPackage:
     @classmethod
     def load(cls, path: str | Path | None = None, verify: bool = True) -> MonitorPackage:
         """Load and verify a package folder (default: the embedded monitor)."""
-        folder = Path(path) if path is not None else default_package_path()
+        folder = Path(path) if path is not None else default_package_path(check=True)
         manifest_path = folder / MANIFEST
         if not folder.is_dir():
             raise PackageError(f"monitor package not found: {folder} is not a folder (expected one with {MANIFEST})")

@@ -47,6 +47,11 @@ class Policy:
         policy.validate()
         return policy
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings in `monitor.json["policy"]` form (what `from_package` reads), JSON-ready."""
+        return {**self.thresholds, "probe_risk": self.probe_risk, "deescalate_risk": self.deescalate_risk,
+                "sticky_terminate": self.sticky_terminate}
+
     def validate(self) -> None:
         """Raise ValueError on an unknown action name or a threshold that is not a number >= 0."""
         if not isinstance(self.thresholds, Mapping):
@@ -104,16 +109,16 @@ class Policy:
         if stage == "input":
             state["last_decision"] = {"action": action, "risk": assessment.risk,
                                       "message_index": assessment.message_index}
+        scores = assessment.to_dict()  # labelled and rounded
         return Decision(
             action=action,
             category=category,
-            risk=round(float(assessment.risk), 6),
-            action_scores={a: round(float(p), 6) for a, p in zip(ACTIONS, assessment.action_scores, strict=True)},
-            category_scores={c: round(float(p), 6) for c, p in zip(CATEGORIES, assessment.category_scores,
-                                                                    strict=True)},
+            risk=scores["risk"],
+            action_scores=scores["action_scores"],
+            category_scores=scores["category_scores"],
             message_index=assessment.message_index,
             tokens=int(assessment.tokens),
-            latency_ms=round(float(assessment.latency_ms), 3),
+            latency_ms=scores["latency_ms"],
             reason=reason,
         )
 

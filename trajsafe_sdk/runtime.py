@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
@@ -24,6 +25,23 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")  # both provide the `onnxruntime` module
+
+
+def onnxruntime_distributions() -> dict[str, str]:
+    """The installed distributions that provide the `onnxruntime` module, name -> version (two is a broken
+    environment: one overwrites the other's files)."""
+    from importlib import metadata
+
+    found = {}
+    for name in ONNXRUNTIME_DISTRIBUTIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -39,20 +57,22 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 def create_session(onnx_path: Path | str | bytes, provider: str, threads: int | None = None) -> ort.InferenceSession:
-    """Create an inference session on exactly `provider` ('cpu' or 'cuda'); raise ProviderError if it cannot run."""
+    """Create an inference session on exactly `provider` ('cpu' or 'cuda'); raise ProviderError if it cannot run.
+
+    This does not touch onnxruntime's native log: `open_session` and `cuda_usable` keep it off the terminal."""
     if provider not in PROVIDER_NAMES:
         raise ProviderError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
     name = PROVIDER_NAMES[provider]
     if name not in available_providers():
-        raise ProviderError(f"provider {provider!r} is not in this onnxruntime build ({ort.__version__}, "
-                            f"providers: {available_providers()}); install onnxruntime-gpu on a CUDA machine")
+        raise ProviderError(f"{name} is not in this onnxruntime build ({ort.__version__}, providers: "
+                            f"{available_providers()}); install onnxruntime-gpu on a CUDA machine")
     providers = [name] if provider == "cpu" else [name, "CPUExecutionProvider"]
     source = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
     session = ort.InferenceSession(source, sess_options=session_options(threads), providers=providers)
     if session.get_providers()[0] != name:
         # onnxruntime falls back to CPU silently when the CUDA libraries or the device are missing
-        raise ProviderError(f"provider {provider!r} was requested but onnxruntime could not initialise it "
-                            "(no CUDA device, or CUDA/cuDNN libraries missing); use --provider cpu or auto")
+        raise ProviderError(f"onnxruntime could not initialise {name} (no CUDA device, or CUDA/cuDNN libraries "
+                            "missing)")
     return session
 
 
@@ -61,27 +81,56 @@ _PROBE_MODEL = base64.b64decode(
     "CAg6OwoQCgF4EgF5IghJZGVudGl0eRIFcHJvYmVaDwoBeBIKCggIARIECgIIAWIPCgF5EgoKCAgBEgQKAggBQgQKABAR"
 )
 
+_ORT_SEVERITY = 2  # onnxruntime's default-logger severity outside CUDA attempts (`set_ort_log_severity`)
 
-@contextmanager
-def _quiet_onnxruntime() -> Iterator[None]:
-    """Keep onnxruntime's own CUDA-missing errors off stderr while probing (we report the reason ourselves)."""
+
+def set_ort_log_severity(level: int) -> None:
+    """Set onnxruntime's native (default-logger) severity, 0 verbose .. 4 fatal; kept across CUDA attempts."""
+    global _ORT_SEVERITY
+    _ORT_SEVERITY = level
+    ort.set_default_logger_severity(level)
+
+
+def _native_causes(log_text: str) -> list[str]:
+    """The causes onnxruntime's native log gives for a CUDA failure (a missing library, the CUDA/cuDNN needed)."""
+    found = re.findall(r"with error: ([^\n\x1b]+)", log_text) + re.findall(r"(Require [^.]*\.\*[^.]*\.\*)", log_text)
+    return list(dict.fromkeys(c.strip() for c in found))
+
+
+def open_cuda_session(onnx_path: Path | str | bytes, threads: int | None = None) -> ort.InferenceSession:
+    """`create_session(onnx_path, "cuda")` with onnxruntime's native log kept off the terminal (its red error lines
+    about missing CUDA libraries); a ProviderError then names the causes that log gave. `$TRAJSAFE_ORT_LOG` set:
+    the native log is left alone."""
     if os.environ.get("TRAJSAFE_ORT_LOG"):
-        yield
-        return
-    ort.set_default_logger_severity(4)
-    try:
-        yield
-    finally:
-        ort.set_default_logger_severity(2)
+        return create_session(onnx_path, "cuda", threads)
+    failure: ProviderError | None = None
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        try:
+            ort.set_default_logger_severity(2)  # warnings carry the "Require cuDNN 9.* and CUDA 13.*" hint
+            os.dup2(capture.fileno(), 2)  # the native logger writes to fd 2 directly
+            try:
+                return create_session(onnx_path, "cuda", threads)
+            except ProviderError as exc:
+                failure = exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            ort.set_default_logger_severity(_ORT_SEVERITY)
+            capture.seek(0)
+            causes = _native_causes(capture.read().decode("utf-8", "replace"))
+    detail = f" [onnxruntime: {'; '.join(causes)}]" if causes else ""
+    raise ProviderError(f"{failure}{detail}") from None
 
 
-def cuda_usable() -> tuple[bool, str]:
-    """Whether the CUDA provider really runs here, and why not."""
+def cuda_usable(onnx_path: Path | str | bytes = _PROBE_MODEL) -> tuple[bool, str]:
+    """Whether the CUDA provider really runs here (opening `onnx_path` on it; default: a one-node model), and why
+    not."""
     if PROVIDER_NAMES["cuda"] not in available_providers():
         return False, "CUDAExecutionProvider is not in this onnxruntime build"
     try:
-        with _quiet_onnxruntime():
-            create_session(_PROBE_MODEL, "cuda")
+        open_cuda_session(onnx_path)
     except ProviderError as exc:
         return False, str(exc)
     except Exception as exc:  # driver errors surface as generic onnxruntime exceptions
@@ -97,25 +146,30 @@ def resolve_provider(requested: str = "auto") -> str:
         return "cpu"
     ok, why = cuda_usable()
     if requested == "cuda" and not ok:
-        raise ProviderError(f"provider 'cuda' cannot run here: {why}")
+        raise ProviderError(f"provider 'cuda' was requested but cannot run here: {why}")
     if requested == "auto" and not ok:
-        log.debug("provider auto -> cpu (%s)", why)
+        log.debug("provider auto tried CUDA, using CPU: %s", why)
     return "cuda" if ok else "cpu"
 
 
 def open_session(onnx_path: Path | str, requested: str = "auto",
                  threads: int | None = None) -> tuple[ort.InferenceSession, str]:
-    """Open the model on the requested provider; 'auto' tries CUDA first and says why it fell back."""
+    """Open the model on the requested provider; 'auto' tries CUDA first and logs why it fell back."""
     if requested not in PROVIDER_CHOICES:
         raise ProviderError(f"unknown provider {requested!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
-    if requested in ("cuda", "cpu"):
-        return create_session(onnx_path, requested, threads), requested
+    if requested == "cpu":
+        return create_session(onnx_path, "cpu", threads), "cpu"
+    if requested == "cuda":
+        try:
+            return open_cuda_session(onnx_path, threads), "cuda"
+        except ProviderError as exc:
+            raise ProviderError(f"provider 'cuda' was requested but cannot run here: {exc}; use provider 'cpu' "
+                                "or 'auto'") from None
     if PROVIDER_NAMES["cuda"] in available_providers():
         try:
-            with _quiet_onnxruntime():
-                return create_session(onnx_path, "cuda", threads), "cuda"
+            return open_cuda_session(onnx_path, threads), "cuda"
         except ProviderError as exc:
-            log.info("provider auto -> cpu: %s", exc)
+            log.info("provider auto tried CUDA, using CPU: %s", exc)
         except Exception as exc:  # driver/library errors surface as generic onnxruntime exceptions
-            log.info("provider auto -> cpu: CUDA session failed: %s", exc)
+            log.info("provider auto tried CUDA, using CPU: CUDA session failed: %s", exc)
     return create_session(onnx_path, "cpu", threads), "cpu"

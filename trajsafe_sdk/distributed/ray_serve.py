@@ -90,7 +90,7 @@ class MonitorReplica:
                 return [r for req in requests for r in self.score_many([req])]  # isolate the failing request(s)
             return [self._by_turns(*requests[0], error=exc)]
         elapsed = (time.perf_counter() - started) * 1000
-        tokens = [new[0].tokens if new else 0 for new in fresh]
+        tokens = [sum(a.tokens for a in new) for new in fresh]
         total = sum(tokens) or 1
         out = []
         for (cid, msgs), new, n in zip(requests, fresh, tokens, strict=True):
@@ -112,7 +112,7 @@ class MonitorReplica:
             for end in [i + 1 for i, m in enumerate(msgs) if m.role == "user"] + [len(msgs)]:
                 _, got = self.pool.assess(msgs[:end], conversation_id=cid)  # a repeat or rewind reads nothing
                 new += got
-                tokens += got[0].tokens if got else 0
+                tokens += sum(a.tokens for a in got)
             return self._answer(cid, msgs, new, tokens, (time.perf_counter() - started) * 1000)
         except (TrajSafeError, ValueError) as exc:
             return self._error(cid, exc or error)

@@ -7,7 +7,7 @@ Splits are BY SOURCE ITEM: every conversation derived from one seed item shares 
 split chosen by an MD5 hash of that id (~85/15), so no item leaks across splits. Each item gets its own
 ``random.Random`` seeded from ``(seed, item id)``, so the output is deterministic and independent of order.
 
-Record (one JSON object per line; the ``trajsafe eval`` input of DESIGN.md §5 plus training extras)::
+Record (one JSON object per line; the ``trajsafe eval`` input of docs/contracts.md §5 plus training extras)::
 
     {"id", "source", "license", "seed_id", "pattern", "label", "category", "topic", "messages": [{role, content}],
      "targets": [{"message_index", "action", "category", "risk"}], "annotations": [per-message notes or null]}

@@ -67,7 +67,7 @@ def _single_actions(singles: Sequence[np.ndarray], policy: dict[str, float]) -> 
 
 
 class ReferenceClassifier:
-    """all-MiniLM-L6-v2 + logistic regression per user message (DESIGN's reference point)."""
+    """all-MiniLM-L6-v2 + logistic regression per user message (the per-message reference classifier)."""
 
     def __init__(self, embeddings: Sequence[np.ndarray]) -> None:
         self.embeddings = embeddings  # per record: [n_user_messages, 384]

@@ -1,4 +1,4 @@
-"""Quality metrics of DESIGN.md §6 — the one definition, shared by training and `trajsafe eval`.
+"""Quality metrics of docs/contracts.md §6 — the one definition, shared by training and `trajsafe eval`.
 
 No torch or numpy import here: the runtime CLI imports this module.
 """

@@ -1,8 +1,8 @@
 """Converters: the public datasets under a data folder (e.g. ``/work/shared/data``) -> seed items.
 
 Every loader returns a list of :class:`Item` — one source row (a single request or a whole dialogue) with its
-``source`` folder, ``license`` and our category (DESIGN.md §2). Source categories are mapped through the readable
-tables below (``HARMBENCH_MAP``, ``JBB_MAP``, ...). A table value is one of:
+``source`` folder, ``license`` and our category (docs/contracts.md §2). Source categories are mapped through the
+readable tables below (``HARMBENCH_MAP``, ``JBB_MAP``, ...). A table value is one of:
 
 * a category id — fixed mapping;
 * ``"infer"`` — keyword inference (:func:`infer_category`); the row is dropped when nothing matches;
