@@ -15,7 +15,16 @@ import pytest
 
 from trajsafe_sdk.labels import ACTIONS, CATEGORIES
 from trajsafe_sdk.training import sources, synth
-from trajsafe_sdk.training.dataset import REAL_PATTERNS, build_corpus, family_of, seed_family_of, split_of, write_jsonl
+from trajsafe_sdk.training.dataset import (
+    REAL_PATTERNS,
+    build_corpus,
+    family_of,
+    seed_families_of,
+    seed_family_of,
+    source_family,
+    split_of,
+    write_jsonl,
+)
 from trajsafe_sdk.training.teacher import cost_optimal_action, label_conversation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,3 +373,32 @@ def test_generators_deterministic() -> None:
         return json.dumps(out)
 
     assert run(7) == run(7) and run(7) != run(8)
+
+
+@needs_data
+def test_public_text_only_in_its_families(smoke_corpus: dict[str, list[dict]]) -> None:
+    """A public text appears verbatim only in records whose family or seed_families name its family, so a
+    leave-source-out fold that drops family F (and synthetic records built from F) leaks no F text."""
+    items = sources.load_all(DATA_DIR)
+    fam_of_text: dict[str, set[str]] = {}
+    for its in items.values():
+        for it in its:
+            if it.text:
+                fam_of_text.setdefault(it.text, set()).add(source_family(it.source))
+    checked = 0
+    for r in smoke_corpus["train"] + smoke_corpus["dev"]:
+        allowed = {r["family"], *seed_families_of(r)}
+        for m in r["messages"]:
+            fams = fam_of_text.get(m["content"]) if m["role"] == "user" else None
+            if fams:
+                checked += 1
+                assert fams & allowed, (r["id"], fams, allowed)
+    assert checked > 50
+
+
+def test_benign_wrappers_stay_benign() -> None:
+    rng = random.Random(4)
+    for _ in range(60):
+        conv = synth.jailbreak_benign(rng, "How do I kill a stuck process on Linux?")
+        assert conv["label"] == "benign"
+        assert {t["action"] for t in label_conversation(conv)} == {"allow"}

@@ -10,7 +10,8 @@ split chosen by an MD5 hash of that id (~85/15), so no item leaks across splits.
 Record (one JSON object per line; the ``trajsafe eval`` input of DESIGN.md §5 plus training extras)::
 
     {"id", "source", "license", "seed_id", "pattern", "label", "category", "topic", "family", "seed_family",
-     "messages": [{role, content}], "targets": [{"message_index", "action", "category", "risk"}],
+     "messages": [{role, content}], "seed_families": [...],
+     "targets": [{"message_index", "action", "category", "risk"}],
      "annotations": [per-message notes or null]}
 
 Families (for LEAVE-SOURCE-OUT evaluation, :func:`family_of`): every record belongs to exactly one family.
@@ -71,6 +72,13 @@ def seed_family_of(record: dict[str, Any]) -> str:
     """Family of the public seed a record was built from (its own family for real records; ``synthetic`` for
     records built from templates alone)."""
     return source_family(record["source"])
+
+
+def seed_families_of(record: dict[str, Any]) -> list[str]:
+    """Every family whose public text appears in a record: the seed's family plus those of benign public filler
+    turns (topic switches draw benign requests from other folders). A leave-source-out fold holding out F drops
+    the synthetic records with F in this list (``record["seed_families"]``, written by :func:`build_corpus`)."""
+    return list(record.get("seed_families") or [seed_family_of(record)])
 # Benign single-turn requests kept per source (the scary-sounding ones are all kept).
 BENIGN_SINGLE_CAP = {"clinc150": 300, "banking77": 150, "hwu64": 250, "gsm8k": 150, "gpteacher": 250,
                      "arena_hard": 200, "ifeval": 150, "self_instruct": 200, "ultrachat_eval": 200,
@@ -89,7 +97,8 @@ N_SCARY_SINGLE = 150
 SYNTH_BENIGN_RANGE = (1000, 2000)  # classic benign synthetic conversations (same openers as harmful ones)
 # v2 generators (synth.py, issue 13): counts in the full corpus
 N_NEW = {"jailbreak": 1000, "plain": 500, "plain_intent": 150, "marker_harmful": 350, "explicit_after_steer": 400,
-         "monotone": 400, "lookalike_single": 700, "lookalike_multi": 700, "fp_recovery": 700, "marker_benign": 400}
+         "monotone": 400, "lookalike_single": 700, "lookalike_multi": 700, "fp_recovery": 700, "marker_benign": 400,
+         "wrapper_benign": 400}
 MAX_SEED_WORDS = 60  # seeds wrapped by the v2 generators (keeps multi-turn conversations short)
 
 
@@ -167,9 +176,20 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
 
     out: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
 
+    # public benign texts that synthetic conversations may use as filler turns -> their family
+    text_family = {it.text: source_family(it.source) for it in benign_req}
+
     def emit(conv: dict[str, Any], rec_id: str, source: str, license_: str, seed_id: str,
              split: str | None = None) -> None:
-        out[split or split_of(seed_id)].append(make_record(conv, rec_id, source, license_, seed_id))
+        rec = make_record(conv, rec_id, source, license_, seed_id)
+        fams = {rec["seed_family"]}
+        if rec["family"] == "synthetic":
+            fams |= {text_family[m["content"]] for m in rec["messages"]
+                     if m["role"] == "user" and m["content"] in text_family}
+        if len(fams) > 1:
+            fams.discard("synthetic")
+        rec["seed_families"] = sorted(fams)
+        out[split or split_of(seed_id)].append(rec)
 
     # ---- harmful: single requests + synthetic trajectories around each
     for it in harmful_req:
@@ -259,6 +279,16 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         sid = f"synth-marker-benign-{k:05d}"
         rng = _rng(seed, sid)
         emit(synth.marker_benign(rng, synth.lookalike_text(rng)[0]), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
+
+    n_wb = n_new["wrapper_benign"]
+    for k, it in enumerate(_stride(_by_hash(short_benign, "wrapper_benign"), n_wb // 2)):
+        emit(synth.jailbreak_benign(_rng(seed, f"wrapper:{it.item_id}"), it.text), f"{it.item_id}-wrapper_benign-{k}",
+             it.source, it.license, it.item_id)
+    for k in range(n_wb - n_wb // 2):
+        sid = f"synth-wrapper-benign-{k:05d}"
+        rng = _rng(seed, sid)
+        text = synth.lookalike_text(rng)[0] if rng.random() < 0.6 else rng.choice(synth.ORDINARY)
+        emit(synth.jailbreak_benign(rng, text), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
 
     n_benign = sum(r["label"] == "benign" for recs in out.values() for r in recs)
     n_synth_benign = min(max(synth_benign_range[0], n_harmful - n_benign), synth_benign_range[1])

@@ -1220,7 +1220,11 @@ def fp_recovery(rng: random.Random, pool: list[str] | None = None) -> Conv:
     texts = guard_texts(cat)
     kind = rng.choices(["probe", "refuse", "steer", "replace", "synth_refusal", "synth_probe"],
                        [3, 3, 1.5, 1, 1, 1])[0]
-    msgs: list[dict[str, Any]] = [_u(text, 0)]
+    msgs: list[dict[str, Any]] = []
+    if rng.random() < 0.35:  # the false positive comes mid-conversation, after ordinary turns
+        for _ in range(rng.choice([1, 1, 2])):
+            msgs += [_u(rng.choice(pool) if pool else lookalike_text(rng)[0], 0), _a(rng, "generic")]
+    msgs.append(_u(text, 0))
     credible = False
     if kind == "probe":
         msgs.append({"role": "assistant", "content": texts["probe"], "reply": "probe"})
@@ -1361,3 +1365,31 @@ ORDINARY = ["Can you suggest a quick vegetarian dinner?", "How do I convert a li
             "How do I merge two dictionaries in Python?", "What are some fun indoor games for kids?",
             "How long should I boil an egg for a runny yolk?", "Write a haiku about autumn.",
             "How can I improve my sleep schedule?", "What's a good name for a golden retriever puppy?"]
+
+
+# ------------------------------------------------------------------- a'. the same wrappers on benign requests
+# Wrapper text alone must not decide: translation, hypothetical, role-play ("act as"), format and prefix wrappers
+# are common on benign requests; a small share even uses DAN-style / ignore-instructions wording with a harmless
+# request (no amplification risk: the guard should let it through).
+BENIGN_WRAPPER_KINDS = {"roleplay": 2, "ignore_instructions": 0.7, "developer_mode": 0.5, "fake_transcript": 1,
+                        "hypothetical": 1.5, "encoding": 1.5, "prefix_injection": 1.5, "refusal_suppression": 1}
+BENIGN_ROLEPLAY = ["Act as a {role}. {goal}", "You are {role_cap}, a friendly expert. Stay in character. {goal}",
+                   "Let's role-play: you're my {role}. {goal}", "Pretend you are a {role} with 20 years of experience. "
+                   "{goal}"]
+BENIGN_ROLES = ["travel agent", "personal trainer", "Linux terminal", "pirate", "career coach", "chef",
+                "English teacher", "Shakespearean poet", "stand-up comedian", "museum guide"]
+
+
+def jailbreak_benign(rng: random.Random, text: str) -> Conv:
+    """A benign request inside a jailbreak-style or ordinary prompt wrapper (label benign: the content decides)."""
+    kinds = list(BENIGN_WRAPPER_KINDS)
+    kind = rng.choices(kinds, [BENIGN_WRAPPER_KINDS[k] for k in kinds])[0]
+    text_lc = text[0].lower() + text[1:] if text else text
+    role = rng.choice(BENIGN_ROLES)
+    if kind == "roleplay" and rng.random() < 0.6:
+        content = rng.choice(BENIGN_ROLEPLAY).format(role=role, role_cap=role.title(), goal=text)
+    else:
+        tpl = rng.choice([t for t in JAILBREAK_TEMPLATES[kind] if "{b64}" not in t])
+        content = tpl.format(goal=text, goal_lc=text_lc, persona=rng.choice(JB_PERSONAS))
+    return {"pattern": "wrapper_benign", "label": "benign", "category": "benign", "topic": "benign",
+            "messages": _maybe_system(rng, [_u(content, 0)], 0.1)}
