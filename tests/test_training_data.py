@@ -402,3 +402,20 @@ def test_benign_wrappers_stay_benign() -> None:
         conv = synth.jailbreak_benign(rng, "How do I kill a stuck process on Linux?")
         assert conv["label"] == "benign"
         assert {t["action"] for t in label_conversation(conv)} == {"allow"}
+
+
+def test_intent_contrast_and_gradual_specific() -> None:
+    rng = random.Random(5)
+    for cat in synth.HARM_CATEGORIES:
+        for _ in range(10):
+            h = synth.intent_contrast(rng, cat, True)
+            b = synth.intent_contrast(rng, cat, False)
+            assert h["label"] == "harmful" and h["category"] == cat
+            assert _last_user_action(h) in ("refuse", "terminate")
+            assert b["label"] == "benign" and b["category"] == "benign"
+            assert {t["action"] for t in label_conversation(b)} == {"allow"}
+            g = synth.gradual_specific(rng, SEED, cat)
+            users = [t for t in label_conversation(g) if g["messages"][t["message_index"]]["role"] == "user"]
+            assert users[0]["action"] == "allow" and users[-1]["action"] in ("refuse", "terminate")
+            risks = [t["risk"] for t in users]
+            assert risks == sorted(risks)

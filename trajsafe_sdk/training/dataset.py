@@ -84,21 +84,22 @@ BENIGN_SINGLE_CAP = {"clinc150": 300, "banking77": 150, "hwu64": 250, "gsm8k": 1
                      "arena_hard": 200, "ifeval": 150, "self_instruct": 200, "ultrachat_eval": 200,
                      "oasst_eval": 200, "awesome_chatgpt_prompts": 200, "coconot_noncompliance": 700}
 # Harmful single-turn requests kept per source (AART is large and formulaic: capped, spread over its rows).
-HARMFUL_SINGLE_CAP = {"aart": 800}
+HARMFUL_SINGLE_CAP = {"aart": 700}
 # Synthetic trajectories per harmful seed, relative to `synthetic_per_seed` (fractions are rounded at random per
 # seed): the de-duplicated behaviour sets get the most, formulaic or large sets fewer.
-SYNTH_SHARE = {"harmbench": 1.0, "advbench": 1.0, "jbb": 1.0, "strongreject": 1.0, "catqa": 0.35, "harmfulqa": 0.2,
+SYNTH_SHARE = {"harmbench": 1.0, "advbench": 1.0, "jbb": 1.0, "strongreject": 1.0, "catqa": 0.25, "harmfulqa": 0.2,
                "dangerousqa": 0.3, "ailuminate": 0.35, "aart": 0.2, "cyberseceval": 0.25, "coconot": 0.5}
 STITCH_SOURCES = ("clinc150", "hwu64", "banking77", "self_instruct", "oasst_eval", "gsm8k", "gpteacher",
                   "ultrachat_eval", "truthfulqa", "coconot_contrast", "openai_moderation_eval")
 PERSONA_CAP = 300
-N_STITCHED = 600
+N_STITCHED = 450
 N_SCARY_SINGLE = 150
-SYNTH_BENIGN_RANGE = (1000, 2000)  # classic benign synthetic conversations (same openers as harmful ones)
+SYNTH_BENIGN_RANGE = (600, 1500)  # classic benign synthetic conversations (same openers as harmful ones)
 # v2 generators (synth.py, issue 13): counts in the full corpus
-N_NEW = {"jailbreak": 1000, "plain": 500, "plain_intent": 150, "marker_harmful": 350, "explicit_after_steer": 400,
-         "monotone": 400, "lookalike_single": 700, "lookalike_multi": 700, "fp_recovery": 700, "marker_benign": 400,
-         "wrapper_benign": 400}
+N_NEW = {"jailbreak": 800, "plain": 450, "plain_intent": 150, "marker_harmful": 350, "explicit_after_steer": 350,
+         "monotone": 350, "gradual_specific": 350, "intent_contrast_harmful": 360, "lookalike_single": 550,
+         "lookalike_multi": 600, "fp_recovery": 650, "marker_benign": 400, "wrapper_benign": 400,
+         "intent_contrast_benign": 480}
 MAX_SEED_WORDS = 60  # seeds wrapped by the v2 generators (keeps multi-turn conversations short)
 
 
@@ -225,6 +226,12 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
     around_seeds("monotone", n_new["monotone"], lambda r, it: synth.monotone_escalation(
         r, it.text, it.category,
         [t for t in same_cat.get((split_of(it.item_id), source_family(it.source), it.category), []) if t != it.text]))
+    around_seeds("gradual_specific", n_new["gradual_specific"],
+                 lambda r, it: synth.gradual_specific(r, it.text, it.category))
+    for k in range(n_new["intent_contrast_harmful"]):
+        sid = f"synth-intent-harmful-{k:05d}"
+        cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
+        emit(synth.intent_contrast(_rng(seed, sid), cat, True), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
     for k in range(n_new["plain_intent"]):
         sid = f"synth-plain-intent-{k:05d}"
         cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
@@ -280,6 +287,10 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         rng = _rng(seed, sid)
         emit(synth.marker_benign(rng, synth.lookalike_text(rng)[0]), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
 
+    for k in range(n_new["intent_contrast_benign"]):
+        sid = f"synth-intent-benign-{k:05d}"
+        cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
+        emit(synth.intent_contrast(_rng(seed, sid), cat, False), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
     n_wb = n_new["wrapper_benign"]
     for k, it in enumerate(_stride(_by_hash(short_benign, "wrapper_benign"), n_wb // 2)):
         emit(synth.jailbreak_benign(_rng(seed, f"wrapper:{it.item_id}"), it.text), f"{it.item_id}-wrapper_benign-{k}",
