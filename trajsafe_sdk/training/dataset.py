@@ -1,7 +1,8 @@
 """Build the training / development corpus: sources -> synthetic trajectories -> hindsight targets -> JSONL.
 
 ``python -m trajsafe_sdk.training.dataset DATA_DIR OUT_DIR [--seed 0] [--smoke]`` writes ``train.jsonl``,
-``dev.jsonl`` and ``dev_jbb_benign_twins.jsonl`` (the development share of the JBB benign twins), and prints counts.
+``dev.jsonl``, ``dev_jbb_benign_twins.jsonl`` (the development share of the JBB benign twins) and ``families.json``
+(counts per leave-source-out family: harmful / benign x single / multi-turn), and prints counts.
 
 Splits are BY SOURCE ITEM: every conversation derived from one seed item shares its ``seed_id`` and goes to the
 split chosen by an MD5 hash of that id (~85/15), so no item leaks across splits. Each item gets its own
@@ -387,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl(recs, args.out_dir / f"{split}.jsonl")
     write_jsonl([r for r in corpus["dev"] if r["pattern"] == "jbb_benign_twin"],
                 args.out_dir / "dev_jbb_benign_twins.jsonl")
+    families = {"all": family_table(r for recs in corpus.values() for r in recs),
+                **{split: family_table(recs) for split, recs in corpus.items()}}
+    (args.out_dir / "families.json").write_text(json.dumps(families, indent=1) + "\n", encoding="utf-8")
     print(summarize(corpus))
     print("== families (train + dev; leave-source-out units, see family_of)")
     print(family_summary(r for recs in corpus.values() for r in recs))
