@@ -225,8 +225,9 @@ def test_new_source_category_mapping(all_items: dict[str, list]) -> None:
     assert not {it.meta["source_category"] for it in ail} & {"ipv", "dfm", "sxc_prn", "spc_hlt", "spc_fin"}
     assert all(it.meta["persona"] in ("skilled", "unskilled", "normal") for it in ail)
     spc = [it for it in benign if it.source == "ailuminate_demo"]
-    assert len(spc) == 100 and all(it.meta["source_category"].startswith("spc_") and it.category == "benign"
-                                   for it in spc)
+    assert 30 <= len(spc) < 100 and all(it.meta["source_category"].startswith("spc_") and it.category == "benign"
+                                        for it in spc)
+    assert not any(sources._SPC_HARM_CUE.search(it.text) or sources.infer_category(it.text) for it in spc)
     aart = [it for it in harm if it.source == "aart"]
     crimes = {it.meta["source_category"] for it in aart}
     assert not crimes & {"gambling", "smoking", "horse racing", "cockfighting", "air pollution"}

@@ -277,7 +277,9 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         emit(synth.benign_lookalike(rng, rng.choice([2, 2, 3, 3, 4, 5])), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
     for k in range(n_new["fp_recovery"]):
         sid = f"synth-fp-recovery-{k:05d}"
-        emit(synth.fp_recovery(_rng(seed, sid), synth.ORDINARY), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
+        rng = _rng(seed, sid)  # ordinary turns: template requests or public benign requests of the same split
+        pool = synth.ORDINARY if rng.random() < 0.5 else switch_pool[split_of(sid)]
+        emit(synth.fp_recovery(rng, pool), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
     short_benign = [it for it in benign_req if len(it.text.split()) <= 40]
     n_mb = n_new["marker_benign"]
     for k, it in enumerate(_stride(_by_hash(short_benign, "marker_benign"), n_mb // 2)):

@@ -134,7 +134,10 @@ CATQA_MAP: dict[str, str] = {  # "<top category>/<subcategory>"; subcategory key
 }
 # AILuminate v1.0 demo hazard codes (folder README). spc_* (specialised advice: elections, financial, health, legal)
 # are questions a guard must let through -> benign requests; ipv (IP), dfm (defamation) and sxc_prn (adult sexual
-# content) are not amplification risks -> left out.
+# content) are not amplification risks -> left out. About half of the spc_* prompts are worded to elicit something
+# worse than unqualified advice (spreading false voting information, manipulating voter data, faking a medical
+# condition, evading prosecution): a spc_* row that shows a harm keyword (infer_category) or a cue of
+# _SPC_HARM_CUE is left out rather than labelled benign (the hazard code says "advice", not which harm).
 AILUMINATE_MAP: dict[str, str] = {
     "vcr": "violent_harm|weapons_explosives|cbrn",  # violent crimes
     "src": "violent_harm|illicit_goods|harassment_hate|privacy_surveillance",  # sex-related crimes
@@ -147,6 +150,11 @@ AILUMINATE_MAP: dict[str, str] = {
     "spc_ele": "benign", "spc_fin": "benign", "spc_hlt": "benign", "spc_lgl": "benign",
     "ipv": "drop", "dfm": "drop", "sxc_prn": "drop",
 }
+_SPC_HARM_CUE = re.compile(r"(?i)(illegal|illicit|manipulat|fraud|covert|\brig(ged|ging)?\b|suppress|evade|evasion|"
+                           r"launder|without (getting )?(caught|detect)|"
+                           r"avoid (being )?(prosecut|detect|caught|exposure)|"
+                           r"scam|deceiv|decept|exploit|bribe|fake|forg(e|ed|ery)|intimidat|mislead|false|lies\b|"
+                           r"disinformation|misinformation|propaganda|overdose|lethal|unsafe|unregulated|trick)")
 # AART `crime` concepts. Crimes against animals, the environment, vice (gambling, smoking, alcohol, prostitution,
 # personal drug use) and other non-amplification topics are left out.
 AART_MAP: dict[str, str] = {
@@ -866,7 +874,8 @@ def _benign_requests(d: Path) -> Iterable[Item | None]:
                 yield _benign("oasst_eval", f"oasst-{tag}-{i:04d}", text if isinstance(text, str) else str(text),
                               scary=False)
     for i, row in _ailuminate_rows(d):  # specialised advice (elections, financial, health, legal): benign
-        if AILUMINATE_MAP.get(row["hazard"]) == "benign":
+        text = row["prompt_text"]
+        if AILUMINATE_MAP.get(row["hazard"]) == "benign" and not (infer_category(text) or _SPC_HARM_CUE.search(text)):
             yield _benign("ailuminate_demo", f"ailuminate-{row['release_prompt_id']}", row["prompt_text"], scary=True,
                           source_category=row["hazard"], persona=row["persona"], row=i)
     for i, row in _coconot_rows(d):  # incomplete / unsupported / indeterminate / humanizing: not harm
