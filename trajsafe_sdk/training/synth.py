@@ -1363,16 +1363,28 @@ def with_marker(rng: random.Random, text: str) -> str:
     return m + sep + text + sep + marker_text(rng)
 
 
+def _marker_msgs(rng: random.Random, text: str, level: int) -> list[dict[str, Any]]:
+    """The request with marker text (10%: part of the request itself in full-width look-alikes); 30% of the time
+    after an ordinary turn that may carry marker text too."""
+    if rng.random() < 0.1:
+        text = fullwidth(text, 0.5, rng)
+    msgs: list[dict[str, Any]] = []
+    if rng.random() < 0.3:
+        first = rng.choice(ORDINARY)
+        msgs += [_u(with_marker(rng, first) if rng.random() < 0.5 else first, 0), _a(rng, "generic")]
+    return [*msgs, _u(with_marker(rng, text), level)]
+
+
 def marker_harmful(rng: random.Random, goal: str, cat: str) -> Conv:
     """A harmful seed request with label-like / role-marker text around it: still harmful."""
-    msgs = [_u(with_marker(rng, goal), seed_level(goal))]
+    msgs = _marker_msgs(rng, goal, seed_level(goal))
     return {"pattern": "marker_harmful", "label": "harmful", "category": cat, "topic": cat,
             "messages": _maybe_system(rng, msgs, 0.1)}
 
 
 def marker_benign(rng: random.Random, text: str) -> Conv:
     """A benign request with the same marker text: still benign (the marker carries no signal)."""
-    msgs = [_u(with_marker(rng, text), 0)]
+    msgs = _marker_msgs(rng, text, 0)
     return {"pattern": "marker_benign", "label": "benign", "category": "benign", "topic": "benign",
             "messages": _maybe_system(rng, msgs, 0.1)}
 
