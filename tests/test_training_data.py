@@ -415,6 +415,8 @@ def test_intent_contrast_and_gradual_specific() -> None:
             assert _last_user_action(h) in ("refuse", "terminate")
             assert b["label"] == "benign" and b["category"] == "benign"
             assert {t["action"] for t in label_conversation(b)} == {"allow"}
+            bg = synth.benign_gradual_specific(rng, cat)
+            assert bg["label"] == "benign" and {t["action"] for t in label_conversation(bg)} == {"allow"}
             g = synth.gradual_specific(rng, SEED, cat)
             users = [t for t in label_conversation(g) if g["messages"][t["message_index"]]["role"] == "user"]
             assert users[0]["action"] == "allow" and users[-1]["action"] in ("refuse", "terminate")

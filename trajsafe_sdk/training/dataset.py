@@ -99,8 +99,8 @@ SYNTH_BENIGN_RANGE = (600, 1500)  # classic benign synthetic conversations (same
 # v2 generators (synth.py, issue 13): counts in the full corpus
 N_NEW = {"jailbreak": 800, "plain": 450, "plain_intent": 150, "marker_harmful": 350, "explicit_after_steer": 350,
          "monotone": 350, "gradual_specific": 350, "intent_contrast_harmful": 360, "lookalike_single": 550,
-         "lookalike_multi": 600, "fp_recovery": 650, "marker_benign": 400, "wrapper_benign": 400,
-         "intent_contrast_benign": 480}
+         "lookalike_multi": 500, "fp_recovery": 600, "marker_benign": 400, "wrapper_benign": 400,
+         "intent_contrast_benign": 480, "benign_gradual_specific": 360}
 MAX_SEED_WORDS = 60  # seeds wrapped by the v2 generators (keeps multi-turn conversations short)
 
 
@@ -294,6 +294,10 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         sid = f"synth-intent-benign-{k:05d}"
         cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
         emit(synth.intent_contrast(_rng(seed, sid), cat, False), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
+    for k in range(n_new["benign_gradual_specific"]):
+        sid = f"synth-benign-gradual-{k:05d}"
+        cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
+        emit(synth.benign_gradual_specific(_rng(seed, sid), cat), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
     n_wb = n_new["wrapper_benign"]
     for k, it in enumerate(_stride(_by_hash(short_benign, "wrapper_benign"), n_wb // 2)):
         emit(synth.jailbreak_benign(_rng(seed, f"wrapper:{it.item_id}"), it.text), f"{it.item_id}-wrapper_benign-{k}",
