@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-EVAL_FIELDS = ("id", "source", "label", "category", "pattern", "messages")
+EVAL_FIELDS = ("id", "source", "label", "category", "pattern", "family", "seed_family", "messages")
 
 
 def eval_record(record: Mapping[str, Any]) -> dict[str, Any]:

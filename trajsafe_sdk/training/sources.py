@@ -7,7 +7,13 @@ readable tables below (``HARMBENCH_MAP``, ``JBB_MAP``, ...). A table value is on
 * a category id — fixed mapping;
 * ``"infer"`` — keyword inference (:func:`infer_category`); the row is dropped when nothing matches;
 * ``"infer:<cat>"`` — keyword inference, falling back to ``<cat>``;
+* ``"a|b|c"`` — keyword inference restricted to the listed categories, falling back to the first one;
+* ``"only:a|b"`` — keyword inference restricted to the listed categories; the row is dropped when none matches;
+* ``"benign"`` — not a harm: the row becomes a benign request (e.g. AILuminate's specialised-advice prompts);
 * ``"drop"`` — not an amplification risk (copyright, adult content between adults, expert advice ...): left out.
+
+A folder's ``DECONTAMINATION.txt`` lists rows duplicated in public evaluation suites; :func:`decontamination_rows`
+reads it and every loader of that folder skips those rows (0-based data rows in file order, header excluded).
 
 HarmBench, AdvBench, JBB and StrongREJECT overlap: :func:`load_harmful_requests` de-duplicates them (and the
 QA sets) on a normalised-text key, keeping the first source in that order. Content of these files is harmful by
@@ -54,6 +60,11 @@ LICENSES: dict[str, str] = {
     "banking77": "CC-BY-4.0",
     "hwu64": "CC-BY-4.0",
     "awesome_chatgpt_prompts": "CC0-1.0",
+    "ailuminate_demo": "CC-BY-4.0",
+    "aart": "CC-BY-4.0",
+    "cyberseceval": "MIT",
+    "coconot_noncompliance": "MIT",
+    "diasafety": "Apache-2.0",
     "trajsafe_synthetic": "Apache-2.0",
 }
 
@@ -121,6 +132,108 @@ CATQA_MAP: dict[str, str] = {  # "<top category>/<subcategory>"; subcategory key
     "Privacy Violation Activity/*": "privacy_surveillance",
     "Tailored Financial Advice/*": "infer:fraud_scams",  # these rows ask for illegal/exploitative finance
 }
+# AILuminate v1.0 demo hazard codes (folder README). spc_* (specialised advice: elections, financial, health, legal)
+# are questions a guard must let through -> benign requests; ipv (IP), dfm (defamation) and sxc_prn (adult sexual
+# content) are not amplification risks -> left out. About half of the spc_* prompts are worded to elicit something
+# worse than unqualified advice (spreading false voting information, manipulating voter data, faking a medical
+# condition, evading prosecution): a spc_* row that shows a harm keyword (infer_category) or a cue of
+# _SPC_HARM_CUE is left out rather than labelled benign (the hazard code says "advice", not which harm).
+AILUMINATE_MAP: dict[str, str] = {
+    "vcr": "violent_harm|weapons_explosives|cbrn",  # violent crimes
+    "src": "violent_harm|illicit_goods|harassment_hate|privacy_surveillance",  # sex-related crimes
+    "cse": "child_exploitation",
+    "ssh": "self_harm",
+    "iwp": "cbrn|weapons_explosives",  # indiscriminate weapons (CBRNE)
+    "ncr": "fraud_scams|cyber_intrusion|malware|illicit_goods|privacy_surveillance|influence_ops",  # non-violent
+    "hte": "harassment_hate",
+    "prv": "privacy_surveillance|cyber_intrusion|fraud_scams",
+    "spc_ele": "benign", "spc_fin": "benign", "spc_hlt": "benign", "spc_lgl": "benign",
+    "ipv": "drop", "dfm": "drop", "sxc_prn": "drop",
+}
+_SPC_HARM_CUE = re.compile(r"(?i)(illegal|illicit|manipulat|fraud|covert|\brig(ged|ging)?\b|suppress|evade|evasion|"
+                           r"launder|without (getting )?(caught|detect)|"
+                           r"avoid (being )?(prosecut|detect|caught|exposure)|"
+                           r"scam|deceiv|decept|exploit|bribe|fake|forg(e|ed|ery)|intimidat|mislead|false|lies\b|"
+                           r"disinformation|misinformation|propaganda|overdose|lethal|unsafe|unregulated|trick)")
+# AART `crime` concepts. Crimes against animals, the environment, vice (gambling, smoking, alcohol, prostitution,
+# personal drug use) and other non-amplification topics are left out.
+AART_MAP: dict[str, str] = {
+    "acts of violence committed for political or ideological purposes": "violent_harm|weapons_explosives",
+    "arson": "violent_harm|weapons_explosives", "assassinations": "violent_harm", "assault": "violent_harm",
+    "bombings": "weapons_explosives|violent_harm", "domestic violence": "violent_harm",
+    "hijackings": "violent_harm", "kidnapping": "violent_harm", "kidnappings": "violent_harm",
+    "murder": "violent_harm", "rape": "violent_harm", "violence": "violent_harm",
+    "terrorism": "violent_harm|weapons_explosives|cbrn", "cyberterrorism": "cyber_intrusion|malware",
+    "burglary": "fraud_scams", "robbery": "fraud_scams", "theft": "fraud_scams", "shoplifting": "fraud_scams",
+    "property crimes": "only:fraud_scams|violent_harm|weapons_explosives",
+    "corporate fraud": "fraud_scams", "credit card fraud": "fraud_scams", "embezzlement": "fraud_scams",
+    "financial crimes": "fraud_scams", "fraud": "fraud_scams", "identity theft": "fraud_scams",
+    "money laundering": "fraud_scams", "ponzi schemes": "fraud_scams", "pyramid schemes": "fraud_scams",
+    "tax evasion": "fraud_scams",
+    "child trafficking": "illicit_goods|child_exploitation", "human trafficking": "illicit_goods",
+    "labor trafficking": "illicit_goods", "sex trafficking": "illicit_goods|child_exploitation",
+    "organ trafficking": "illicit_goods", "migrant smuggling": "illicit_goods",
+    "drug crimes": "illicit_goods", "drug dealing": "illicit_goods", "drug manufacturing": "illicit_goods",
+    "drug trafficking": "illicit_goods",
+    "hate crimes": "harassment_hate|violent_harm",
+    "crimes motivated by disability": "harassment_hate|violent_harm",
+    "crimes motivated by gender identity": "harassment_hate|violent_harm",
+    "crimes motivated by race": "harassment_hate|violent_harm",
+    "crimes motivated by religion": "harassment_hate|violent_harm",
+    "crimes motivated by sexual orientation": "harassment_hate|violent_harm",
+    "water contamination": "only:cbrn|violent_harm",  # poisoning a water supply; pollution rows dropped
+    "pornography": "only:child_exploitation",
+    "other crimes": "infer",
+    **{c: "drop" for c in ("air pollution", "alcohol abuse", "animal abuse", "animal cruelty", "animal neglect",
+                           "circuses", "climate change", "cockfighting", "dog fighting", "driving under the influence",
+                           "drug abuse", "drug addiction", "drug possession", "environmental crimes", "gambling",
+                           "horse racing", "illegal dumping", "landfills", "pollution", "prostitution", "smoking",
+                           "vandalism")},
+}
+# CyberSecEval interpreter-abuse prompts (all malicious): attack_type -> category.
+CYBERSECEVAL_MAP: dict[str, str] = {
+    "Privilege Escalation": "cyber_intrusion|malware", "Container Escape": "cyber_intrusion|malware",
+    "Post Exploitation": "cyber_intrusion|malware", "Reflected Attack": "cyber_intrusion|malware",
+    "Social Engineering": "cyber_intrusion|fraud_scams|malware",
+}
+# CoCoNot original set, "Requests with safety concerns" subcategories. Every other CoCoNot category (incomplete,
+# unsupported, indeterminate, humanizing requests) is a benign request. "misinformation" rows are mostly single
+# false articles or false presuppositions (not disinformation at scale) and the medical self-treatment rows of
+# "dangerous or sensitive topics" are health questions: both are left out (neither harmful nor clean benign).
+COCONOT_SAFETY_MAP: dict[str, str] = {
+    "privacy violations": "privacy_surveillance|cyber_intrusion|fraud_scams",
+    "dangerous or sensitive topics": "infer",
+    "wildchats": "only:child_exploitation|violent_harm|self_harm|cyber_intrusion|malware|illicit_goods|"
+                 "harassment_hate|weapons_explosives|cbrn",
+    "triggers for offensive language": "harassment_hate",
+    "misinformation": "drop", "copyright violations": "drop", "incomprehensible": "drop",
+}
+_MEDICAL_SELF_CARE = re.compile(r"(?i)(treat|cure|heal|symptom|pain|infection|without (going to|seeing) a (doctor|"
+                                r"hospital)|at home\b.*(attack|fracture|wound|burn)|diagnos|prescri|medicat)")
+# DiaSafety: the label is about the chatbot REPLY, not the user turn. Decision: contexts are used as real
+# two-message dialogues (user context + chatbot response). Safe-labelled pairs become benign dialogues (capped,
+# spread over the six DiaSafety categories; contexts that show one of our harm categories by keyword are skipped).
+# Only "Risk Ignorance" contexts stating an explicit intent to hurt oneself map to a harm on the USER side ->
+# self_harm (any reply label; the reply is annotated "generic", it gives no harmful help). Nothing else in
+# DiaSafety seeks one of the twelve harms on the user side (toxic or biased remarks are not amplification requests).
+# A disclosure of suicidal intent is level 1 (teacher: probe, i.e. the guard's caring self_harm question); asking
+# for a method is level 2 (refuse, with support resources).
+DIASAFETY_MAP: dict[str, str] = {
+    "Risk Ignorance": "self_harm if the context states intent to hurt oneself, else benign (Safe only)",
+    "Unauthorized Expertise": "benign (Safe only)", "Toxicity Agreement": "benign (Safe only)",
+    "Biased Opinion": "benign (Safe only)", "Offending User": "benign (Safe only)",
+    "Sensitive Topic Continuation": "benign (Safe only)",
+}
+DIASAFETY_BENIGN_CAP = 360
+# First-person self-harm intent (level 1: the guard's self_harm probe asks how the user is doing); asking for a
+# method (level 2: refuse with support resources).
+_SELF_HARM_INTENT = re.compile(r"(?i)(kill(ing)? myself|(i'?m|i am|feel(ing)?) suicidal|suicidal thoughts|"
+                               r"end(ing)? (my|my own) life|i (just )?(really )?want(ed)? to die|cut(ting)? myself|"
+                               r"hurt(ing)? myself|harm(ed|ing)? myself|hang(ing)? myself|overdose on)")
+_SELF_HARM_METHOD = re.compile(r"(?i)(how (can|do|should|would|to) i\b.*(kill|die|end|overdose|hang|cut)|"
+                               r"(best|easiest|quickest|fastest|painless) way to|how many (pills|tablets)|"
+                               r"painless(ly)?|lethal dose)")
+
 HARMFULQA_MAP = "infer"  # HarmfulQA topics are academic subjects: keyword inference, unclear rows dropped
 DANGEROUSQA_MAP = "infer"
 
@@ -147,7 +260,8 @@ CATEGORY_KEYWORDS: dict[str, list[str]] = {
                      r"torture", r"massacre", r"hostage", r"sabotage", r"assault", r"beat (up|someone)",
                      r"\bhurt\b", r"poison (someone|a person|my|his|her)", r"genocide",
                      r"attack (on )?(people|a crowd|civilians)", r"physical(ly)? harm", r"violen", r"cannibal",
-                     r"inflict (maximum )?pain", r"animal cruelty", r"human sacrifice", r"strangl", r"abduct"],
+                     r"inflict (maximum )?pain", r"animal cruelty", r"human sacrifice", r"strangl", r"abduct",
+                     r"spik(e|ed|ing) (her|his|their|someone'?s?|a) drink"],
     "fraud_scams": [r"\bscam", r"fraud", r"phishing", r"identity theft", r"launder", r"ponzi", r"pyramid scheme",
                     r"fake invoice", r"credit card", r"steal (money|funds|from)", r"embezzl", r"tax evasion",
                     r"evade taxes", r"insider trading", r"forge (a )?check", r"impersonat", r"\b419\b", r"extort",
@@ -165,7 +279,9 @@ CATEGORY_KEYWORDS: dict[str, list[str]] = {
                         r"discriminat",
                         r"xenophob", r"homophob", r"antisemit", r"white supremac", r"\bnazi", r"extremis", r"recruit",
                         r"threaten", r"intimidat", r"defam", r"humiliat", r"\binsult", r"body[- ]sham", r"blackmail",
-                        r"revenge porn", r"inferior", r"stereotyp", r"mock (someone|people)", r"radicali[sz]"],
+                        r"revenge porn",
+                        r"(nude|naked|intimate) (photos|pictures|pics|images|videos)", r"inferior",
+                        r"stereotyp", r"mock (someone|people)", r"radicali[sz]"],
     "privacy_surveillance": [r"\bdox", r"stalk", r"track (someone|my|a person|her|his|their)", r"location of",
                              r"spy on", r"surveil", r"hidden camera", r"personal information", r"home address",
                              r"facial recognition", r"de-?anonymi", r"phone records",
@@ -208,9 +324,16 @@ def infer_category(text: str) -> str | None:
 
 
 def resolve_category(rule: str, text: str) -> str | None:
-    """Apply one mapping-table value (see module docstring) to a row's text."""
+    """Apply one mapping-table value (see module docstring) to a row's text ("benign" passes through)."""
     if rule == "drop":
         return None
+    if rule.startswith("only:") or "|" in rule:
+        only = rule.startswith("only:")
+        allowed = rule.removeprefix("only:").split("|")
+        cat = infer_category(text)
+        if cat in allowed:
+            return cat
+        return None if only else allowed[0]
     if rule.startswith("infer"):
         fallback = rule.split(":", 1)[1] if ":" in rule else None
         return infer_category(text) or fallback
@@ -261,6 +384,33 @@ def _exists(path: Path) -> bool:
         warnings.warn(f"missing data file, skipped: {path}", stacklevel=3)
         return False
     return True
+
+
+def decontamination_rows(folder: Path) -> dict[str, set[int]]:
+    """Rows to drop per file, read from ``folder/DECONTAMINATION.txt`` (``{}`` when absent or "rows: none").
+
+    Format: optional ``file: NAME`` lines, each followed by ``rows: 1, 2 (id X), ...`` (0-based data rows, header
+    excluded). Rows given before any ``file:`` line apply to every file of the folder (key ``"*"``).
+    """
+    path = Path(folder) / "DECONTAMINATION.txt"
+    out: dict[str, set[int]] = {}
+    if not path.exists():
+        return out
+    current = "*"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("file:"):
+            current = line.split(":", 1)[1].strip()
+        elif line.startswith("rows:"):
+            body = re.sub(r"\([^)]*\)", "", line.split(":", 1)[1])
+            rows = {int(x) for x in re.findall(r"\d+", body)}
+            if rows:
+                out.setdefault(current, set()).update(rows)
+    return out
+
+
+def _dropped(decon: dict[str, set[int]], fname: str) -> set[int]:
+    return decon.get(fname, set()) | decon.get("*", set())
 
 
 def _clean(text: str) -> str:
@@ -360,13 +510,103 @@ def _catqa(d: Path) -> Iterable[Item]:
                 yield Item(f"dangerousqa-{i:04d}", "catqa_harmfulqa", "harmful_request", text, cat)
 
 
+def _ailuminate_rows(d: Path) -> Iterable[tuple[int, dict[str, str]]]:
+    base = d / "ailuminate_demo"
+    fname = "airr_official_1.0_demo_en_us_prompt_set_release.csv"
+    p = base / fname
+    if not _exists(p):
+        return
+    drop = _dropped(decontamination_rows(base), fname)
+    for i, row in enumerate(_read_csv(p)):
+        if i not in drop:
+            yield i, row
+
+
+def _ailuminate(d: Path) -> Iterable[Item]:
+    """AILuminate demo hazards -> harmful requests (spc_* become benign requests in :func:`_benign_requests`)."""
+    for i, row in _ailuminate_rows(d):
+        rule = AILUMINATE_MAP.get(row["hazard"], "drop")
+        if rule == "benign":
+            continue
+        text = _clean(row["prompt_text"])
+        cat = resolve_category(rule, text)
+        if cat:
+            yield Item(f"ailuminate-{row['release_prompt_id']}", "ailuminate_demo", "harmful_request",
+                       _truncate_words(text, 150), cat,
+                       meta={"source_category": row["hazard"], "persona": row["persona"], "row": i})
+
+
+def _aart(d: Path) -> Iterable[Item]:
+    base = d / "aart"
+    fname = "aart-v1-20231117.csv"
+    p = base / fname
+    if not _exists(p):
+        return
+    drop = _dropped(decontamination_rows(base), fname)
+    for i, row in enumerate(_read_csv(p)):
+        if i in drop:
+            continue
+        text = _clean(row["prompt"])
+        cat = resolve_category(AART_MAP.get(row["crime"].strip(), "drop"), text)
+        if cat:
+            yield Item(f"aart-{i:04d}", "aart", "harmful_request", _truncate_words(text, 150), cat,
+                       meta={"source_category": row["crime"], "use_case": row.get("use_case", ""),
+                             "region": row.get("region", ""), "row": i})
+
+
+def _cyberseceval(d: Path) -> Iterable[Item]:
+    base = d / "cyberseceval"
+    fname = "CybersecurityBenchmarks_datasets_interpreter_interpreter.json"
+    p = base / fname
+    if not _exists(p):
+        return
+    drop = _dropped(decontamination_rows(base), fname)
+    for i, row in enumerate(_read_json(p)):
+        if i in drop:
+            continue
+        atype = row["attack_type"][0] if isinstance(row["attack_type"], list) else row["attack_type"]
+        text = _clean(row["mutated_prompt"])
+        cat = resolve_category(CYBERSECEVAL_MAP.get(atype, "cyber_intrusion|malware"), text)
+        if cat:
+            yield Item(f"cyberseceval-interp-{i:03d}", "cyberseceval", "harmful_request", _truncate_words(text, 150),
+                       cat, meta={"source_category": atype, "row": i})
+
+
+def _coconot_rows(d: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    base = d / "coconot_noncompliance"
+    fname = "data_coconot_eval.jsonl"
+    p = base / fname
+    if not _exists(p):
+        return
+    drop = _dropped(decontamination_rows(base), fname)
+    for i, row in enumerate(_read_jsonl(p)):
+        if i not in drop:
+            yield i, row
+
+
+def _coconot_safety(d: Path) -> Iterable[Item]:
+    for i, row in _coconot_rows(d):
+        if row["category"] != "Requests with safety concerns":
+            continue
+        text = _clean(row["prompt"])
+        sub = row["subcategory"]
+        if sub == "dangerous or sensitive topics" and _MEDICAL_SELF_CARE.search(text):
+            continue  # a health question, not a harm request (see COCONOT_SAFETY_MAP)
+        cat = resolve_category(COCONOT_SAFETY_MAP.get(sub, "drop"), text)
+        if cat:
+            yield Item(f"coconot-nc-{row['id']}", "coconot_noncompliance", "harmful_request",
+                       _truncate_words(text, 150), cat, meta={"source_category": f"{row['category']}/{sub}", "row": i})
+
+
 def load_harmful_requests(data_dir: Path) -> list[Item]:
-    """Single-turn harmful requests from HarmBench, AdvBench, JBB, StrongREJECT and CatQA/HarmfulQA/DangerousQA,
-    de-duplicated on :func:`norm_key` (first occurrence wins, in that source order)."""
+    """Single-turn harmful requests from HarmBench, AdvBench, JBB, StrongREJECT, CatQA/HarmfulQA/DangerousQA,
+    AILuminate, AART, CyberSecEval (interpreter) and CoCoNot (safety concerns), de-duplicated on :func:`norm_key`
+    (first occurrence wins, in that source order)."""
     d = Path(data_dir)
     seen: set[str] = set()
     out: list[Item] = []
-    for gen in (_harmbench(d), _advbench(d), _jbb(d), _strongreject(d), _catqa(d)):
+    for gen in (_harmbench(d), _advbench(d), _jbb(d), _strongreject(d), _catqa(d), _ailuminate(d), _aart(d),
+                _cyberseceval(d), _coconot_safety(d)):
         for item in gen:
             key = norm_key(item.text)
             if key in seen or len(key) < 8:
@@ -511,10 +751,45 @@ def _hh_harmless(d: Path) -> Iterable[Item]:
         yield Item(f"hh-harmless-{i:04d}", "hh_rlhf_harmless_base", "harmful_dialogue", user_text[:200], cat, msgs)
 
 
+def _diasafety_rows(d: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    """(row id, row) of every DiaSafety split, minus DECONTAMINATION rows, de-duplicated on (context, response)."""
+    base = d / "diasafety"
+    decon = decontamination_rows(base)
+    seen: set[str] = set()
+    for split in ("train", "val", "test"):
+        fname = f"DiaSafety_dataset_{split}.json"
+        p = base / fname
+        if not _exists(p):
+            continue
+        drop = _dropped(decon, fname)
+        for i, row in enumerate(_read_json(p)):
+            key = norm_key(row["context"]) + "||" + norm_key(row["response"])
+            if i in drop or key in seen or not _clean(row["context"]) or not _clean(row["response"]):
+                continue
+            seen.add(key)
+            yield f"{split}-{i:04d}", row
+
+
+def _diasafety_msgs(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": _truncate_words(_clean(row["context"]), 120)},
+            {"role": "assistant", "content": _truncate_words(_clean(row["response"]), 60), "reply": "generic"}]
+
+
+def _diasafety_harmful(d: Path) -> Iterable[Item]:
+    """Risk-ignorance contexts stating intent to hurt oneself -> self_harm dialogues (see DIASAFETY_MAP)."""
+    for rid, row in _diasafety_rows(d):
+        if row["category"] == "Risk Ignorance" and _SELF_HARM_INTENT.search(row["context"]):
+            msgs = _diasafety_msgs(row)
+            msgs[0]["level"] = 2 if _SELF_HARM_METHOD.search(row["context"]) else 1
+            yield Item(f"diasafety-{rid}", "diasafety", "harmful_dialogue", msgs[0]["content"][:200], "self_harm",
+                       msgs, {"source_category": row["category"], "reply_label": row["label"]})
+
+
 def load_harmful_dialogues(data_dir: Path) -> list[Item]:
-    """Real multi-turn attacks: CoA chains, DICES conversations rated unsafe, hh-rlhf red-team dialogues."""
+    """Real multi-turn attacks: CoA chains, DICES conversations rated unsafe, hh-rlhf red-team dialogues, and
+    DiaSafety contexts with self-harm intent (two messages)."""
     d = Path(data_dir)
-    return [*_coa(d), *_dices(d), *_hh_harmless(d)]
+    return [*_coa(d), *_dices(d), *_hh_harmless(d), *_diasafety_harmful(d)]
 
 
 # -------------------------------------------------------------------------------------------- benign requests
@@ -598,6 +873,22 @@ def _benign_requests(d: Path) -> Iterable[Item | None]:
             for i, text in enumerate(_read_jsonl(p)):
                 yield _benign("oasst_eval", f"oasst-{tag}-{i:04d}", text if isinstance(text, str) else str(text),
                               scary=False)
+    for i, row in _ailuminate_rows(d):  # specialised advice (elections, financial, health, legal): benign
+        text = row["prompt_text"]
+        if AILUMINATE_MAP.get(row["hazard"]) == "benign" and not (infer_category(text) or _SPC_HARM_CUE.search(text)):
+            yield _benign("ailuminate_demo", f"ailuminate-{row['release_prompt_id']}", row["prompt_text"], scary=True,
+                          source_category=row["hazard"], persona=row["persona"], row=i)
+    for i, row in _coconot_rows(d):  # incomplete / unsupported / indeterminate / humanizing: not harm
+        if row["category"] != "Requests with safety concerns":
+            yield _benign("coconot_noncompliance", f"coconot-nc-{row['id']}", row["prompt"], scary=False,
+                          source_category=f"{row['category']}/{row['subcategory']}", row=i)
+    base = d / "cyberseceval"
+    fname = "CybersecurityBenchmarks_datasets_mitre_frr_mitre_frr.json"
+    if _exists(base / fname):  # false-refusal set: benign security requests that sound offensive
+        drop = _dropped(decontamination_rows(base), fname)
+        for i, row in enumerate(_read_json(base / fname)):
+            if i not in drop and row.get("is_malicious") is False:
+                yield _benign("cyberseceval", f"cyberseceval-frr-{i:03d}", row["mutated_prompt"], scary=True, row=i)
     p = d / "awesome_chatgpt_prompts" / "prompts.csv"
     if _exists(p):
         flagged = _flagged_acts(d / "awesome_chatgpt_prompts" / "FLAGGED.txt")
@@ -704,10 +995,28 @@ def _persona_chat(d: Path) -> Iterable[Item]:
                 yield Item(f"persona-{split}-{i:04d}", "synthetic_persona_chat", "benign_dialogue", messages=msgs)
 
 
+def _diasafety_benign(d: Path, cap: int = DIASAFETY_BENIGN_CAP) -> Iterable[Item]:
+    """Safe-labelled DiaSafety pairs as benign two-message dialogues, `cap` spread evenly over its categories;
+    contexts that show a harm category by keyword (or self-harm intent) are skipped (see DIASAFETY_MAP)."""
+    by_cat: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for rid, row in _diasafety_rows(d):
+        if row["label"] != "Safe" or _SELF_HARM_INTENT.search(row["context"]) or infer_category(row["context"]):
+            continue
+        by_cat.setdefault(row["category"], []).append((rid, row))
+    per_cat = cap // max(1, len(by_cat))
+    for cat_name, rows in sorted(by_cat.items()):
+        step = max(1.0, len(rows) / per_cat)
+        for k in range(min(per_cat, len(rows))):
+            rid, row = rows[int(k * step)]
+            yield Item(f"diasafety-{rid}", "diasafety", "benign_dialogue", messages=_diasafety_msgs(row),
+                       meta={"source_category": cat_name})
+
+
 def load_benign_dialogues(data_dir: Path) -> list[Item]:
-    """Benign multi-turn chats: MT-Bench-101, OASST trees, hh helpful dialogues, Synthetic-Persona-Chat."""
+    """Benign multi-turn chats: MT-Bench-101, OASST trees, hh helpful dialogues, Synthetic-Persona-Chat, and
+    DiaSafety's Safe-labelled context/response pairs (capped)."""
     d = Path(data_dir)
-    return [*_mt_bench(d), *_oasst_tree(d), *_hh_helpful(d), *_persona_chat(d)]
+    return [*_mt_bench(d), *_oasst_tree(d), *_hh_helpful(d), *_persona_chat(d), *_diasafety_benign(d)]
 
 
 def load_jbb_benign_twins(data_dir: Path) -> list[Item]:
