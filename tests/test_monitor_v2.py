@@ -111,9 +111,10 @@ def test_leave_source_out_folds_drop_the_held_out_seeds() -> None:
     from trajsafe_sdk.training.loso import fold
 
     records = [{"family": "a"}, {"family": "b"}, {"family": "synthetic", "seed_family": "a"},
-               {"family": "synthetic", "seed_family": "b"}]
+               {"family": "synthetic", "seed_family": "b"}, {"family": "synthetic", "seed_families": ["b", "a"]}]
     assert fold(records, "a") == ([1, 3], [0])
-    assert fold(records, "synthetic") == ([0, 1], [2, 3])
+    assert fold(records, "b") == ([0, 2], [1])
+    assert fold(records, "synthetic") == ([0, 1], [2, 3, 4])
 
 
 def test_head_learns_a_separable_problem() -> None:

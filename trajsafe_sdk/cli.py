@@ -280,7 +280,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = {"input": args.input,
                "model": {"name": pkg.name, "version": pkg.version, "path": str(pkg.path), "variant": monitor.variant,
                          "provider": monitor.provider},
-               "policy": scorer.policy.to_dict(), **eval_summary(result, by)}
+               "policy": scorer.policy.to_dict(), **eval_summary(result, by),
+               "package_leave_source_out": package_evaluation(pkg)}
     for err in result.errors[:20] if not args.quiet else []:
         print(f"trajsafe: line {err.line}: {err.error}", file=sys.stderr)
     if len(result.errors) > 20 and not args.quiet:
@@ -294,6 +295,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{summary['conversations']} conversations from {args.input} ({summary['errors']} failed lines), "
               f"monitor {_model_line(monitor)}\n")
         print(format_report(summary))
+        quoted = summary["package_leave_source_out"]
+        if quoted:
+            print(f"\nFor comparison, this package's own leave-source-out figures ({quoted['protocol']}):\n"
+                  f"{quoted['text']}\nFigures on conversations from sources the package was trained on are "
+                  "in-distribution and overstate quality on new conversations; see the package's CARD.md.")
     if not args.quiet:
         rate = len(result.items) / max(result.seconds, 1e-9)
         print(f"evaluated {len(result.items)} conversations in {result.seconds:.2f}s ({_fmt_rate(rate)}/s)",
@@ -349,7 +355,8 @@ def collect_info(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
             "variants": {v: {k: pkg.variant_file(v).get(k) for k in ("path", "dtype", "kv_dtype", "providers")}
                          for v in pkg.variants()},
             "default_variant": pkg.manifest.get("default_variant", {}), "context_limit": pkg.context_limit,
-            "policy": pkg.policy_defaults})
+            "policy": pkg.policy_defaults,
+            "leave_source_out": (package_evaluation(pkg) or {}).get("text")})
         info["onnxruntime"].update({"provider_chosen": monitor.provider, "variant": monitor.variant})
     if monitor is not None and monitor.provider == "cuda":
         cuda: dict[str, Any] = {"usable": True, "reason": "chosen"}
@@ -363,6 +370,23 @@ def collect_info(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
         cuda = {"usable": usable, "reason": why}
     info["onnxruntime"]["cuda"] = cuda
     return info, error
+
+
+def package_evaluation(package: Any) -> dict[str, Any] | None:
+    """The package's recorded leave-source-out figures (monitor.json `evaluation`), pooled, with a one-line text."""
+    ev = package.manifest.get("evaluation")
+    if not isinstance(ev, dict) or not isinstance(ev.get("monitor"), dict):
+        return None
+    pooled = ev["monitor"].get("pooled", {})
+
+    def rate(group: str, key: str) -> str:
+        value = pooled.get(group, {}).get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    text = (f"catch {rate('harmful_multi_turn', 'catch_rate')} (multi-turn harmful), "
+            f"{rate('harmful_single_turn', 'catch_rate')} (single-turn harmful); over-refusal "
+            f"{rate('benign', 'over_refusal')}, friction {rate('benign', 'friction')} (benign)")
+    return {"protocol": ev.get("protocol", "leave-source-out"), "pooled": pooled, "text": text}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -381,6 +405,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                      ("variants", ", ".join(f"{v} ({spec['dtype']}, checked on {'/'.join(spec['providers'] or [])})"
                                             for v, spec in model["variants"].items())),
                      ("policy", ", ".join(f"{k} {v}" for k, v in model["policy"].items()))]
+            if model.get("leave_source_out"):
+                rows.append(("quality", f"leave-source-out: {model['leave_source_out']}"))
         dists = rt["distributions"]
         rows.append(("onnxruntime", f"{rt['version']} ({', '.join(f'{n} {v}' for n, v in dists.items())})"))
         if len(dists) > 1:

@@ -91,10 +91,17 @@ def _mlp(d_in: int, cfg: HeadConfig) -> torch.nn.Sequential:
 
 
 def train_head(rows: Rows, cfg: HeadConfig) -> dict[str, np.ndarray]:
-    """Train the head; returns its weights under the graph's names (`head.0.*`, `head.3.*`)."""
+    """Train the head; returns its weights under the graph's names (`head.0.*`, `head.3.*`).
+
+    Features are standardised per dimension while training (a pretrained trunk's residual stream has a few massive,
+    nearly constant dimensions that would swamp the rest); the standardisation is folded into the first layer, so
+    the exported head reads the graph's features as they are.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    x = torch.from_numpy(rows.x)
+    mean = rows.x.mean(0)
+    std = rows.x.std(0) + 1e-3
+    x = torch.from_numpy((rows.x - mean) / std)
     act, cat = torch.from_numpy(rows.action), torch.from_numpy(rows.category)
     risk, w = torch.from_numpy(rows.risk).clamp(0, 1), torch.from_numpy(rows.weight)
     model = _mlp(x.shape[1], cfg)
@@ -119,8 +126,10 @@ def train_head(rows: Rows, cfg: HeadConfig) -> dict[str, np.ndarray]:
             opt.step()
             sched.step()
     model.eval()
-    state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    return {f"head.{'0' if k.startswith('0.') else '3'}.{k.split('.')[1]}": v for k, v in state.items()}
+    state = {k: v.detach().numpy().astype(np.float64) for k, v in model.state_dict().items()}
+    w0 = state["0.weight"] / std[None, :]
+    return {"head.0.weight": w0.astype(np.float32), "head.0.bias": (state["0.bias"] - w0 @ mean).astype(np.float32),
+            "head.3.weight": state["3.weight"].astype(np.float32), "head.3.bias": state["3.bias"].astype(np.float32)}
 
 
 def head_logits(head: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

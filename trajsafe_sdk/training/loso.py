@@ -31,7 +31,7 @@ def fold(records: Sequence[dict[str, Any]], held_out: str) -> tuple[list[int], l
     for i, r in enumerate(records):
         if family(r) == held_out:
             test.append(i)
-        elif r.get("seed_family") != held_out:
+        elif held_out not in r.get("seed_families", [r.get("seed_family")]):
             train.append(i)
     return train, test
 
