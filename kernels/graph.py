@@ -161,13 +161,18 @@ def _embedding(b: _Builder, table: np.ndarray | Q4Table, ids: str) -> str:
     return b.op("Reshape", [rows, b.const([0, 0, dim])], "embed")
 
 
-def _feature_head(b: _Builder, features: list[str], weights: Mapping[str, Any], eps: float) -> tuple[str, str]:
-    """Label logits from layer outputs at the score positions: each RMS-normalised (no weight), concatenated, then
-    the head's Linear layers (`head.{i}.weight` / `.bias`, ReLU between)."""
-    normed = []
-    for x in features:
-        mean = b.op("ReduceMean", [b.op("Mul", [x, x], "feat_sq")], "feat_mean", axes=[-1], keepdims=1)
-        normed.append(b.op("Div", [x, b.op("Sqrt", [b.op("Add", [mean, b.fconst(eps)])], "feat_std")], "feat_norm"))
+def _plain_norm(b: _Builder, x: str, eps: float) -> str:
+    """RMS normalisation without a weight."""
+    mean = b.op("ReduceMean", [b.op("Mul", [x, x], "feat_sq")], "feat_mean", axes=[-1], keepdims=1)
+    return b.op("Div", [x, b.op("Sqrt", [b.op("Add", [mean, b.fconst(eps)])], "feat_std")], "feat_norm")
+
+
+def _feature_head(b: _Builder, features: list[str], weights: Mapping[str, Any], eps: float,
+                  pooled: str | None = None) -> tuple[str, str]:
+    """Label logits from layer outputs at the score positions: each RMS-normalised (no weight), concatenated with the
+    pooled trajectory features (as they are), then the head's Linear layers (`head.{i}.weight` / `.bias`, ReLU
+    between)."""
+    normed = [_plain_norm(b, x, eps) for x in features] + ([pooled] if pooled else [])
     h = feats = normed[0] if len(normed) == 1 else b.op("Concat", normed, "features", axis=-1)
     layers = sorted({int(k.split(".")[1]) for k in weights if k.startswith("head.")})
     for j, i in enumerate(layers):
@@ -178,6 +183,39 @@ def _feature_head(b: _Builder, features: list[str], weights: Mapping[str, Any], 
         if j < len(layers) - 1:
             h = b.op("Relu", [h], "head_relu")
     return h, feats
+
+
+def _pool_slot(b: _Builder, z: str, weights: Mapping[str, Any], slot: int, arch: Mapping[str, Any],
+               cache_pos: str, query_abs: str) -> str:
+    """The trajectory pool: `pool.weight` projects every token's features z [B, T, F] to the cache slot's width
+    (Hkv * D), written as that slot's values (keys stay zero); each score position reads the mean of the values of
+    the tokens up to it. A mean over the cache is rewound, forked and evicted like any other layer's cache.
+    Returns [B, K, Hkv * D]."""
+    kv_heads, head_dim = int(arch["num_kv_heads"]), int(arch["head_dim"])
+    v = b.op("MatMul", [z, b.init("pool.weight", np.asarray(weights["pool.weight"], np.float32).T
+                                  .astype(b.np_dtype))], "pool_proj")
+    v = b.op("Transpose", [b.op("Reshape", [v, b.const([0, 0, kv_heads, head_dim])], "pool_v4")], "pool_bnsh",
+             perm=[0, 2, 1, 3])  # [B, Hkv, T, D]
+    index = b.op("Expand", [b.op("Unsqueeze", [cache_pos, b.const([1, 3])], "pool_index"),
+                            b.op("Shape", [v], "pool_shape")], "pool_index_full")
+    zeros = b.op("Mul", [v, b.fconst(0.0)], "pool_zero_keys")
+    b.op("ScatterElements", [f"past_key.{slot}", index, zeros], outputs=[f"present_key.{slot}"], axis=2)
+    values = b.op("ScatterElements", [f"past_value.{slot}", index, v], outputs=[f"present_value.{slot}"], axis=2)
+    capacity = b.op("Squeeze", [b.op("Shape", [values], "pool_shape_c", start=2, end=3), b.const([0])], "pool_cap")
+    key_range = b.op("Range", [b.const(0), capacity, b.const(1)], "pool_range")
+    allowed = b.op("LessOrEqual", [key_range, b.op("Unsqueeze", [query_abs, b.const([-1])])], "pool_causal")
+    weight = b.op("Cast", [b.op("Unsqueeze", [allowed, b.const([1])])], "pool_w", to=b.onnx_dtype)  # [B, 1, K, S]
+    count = b.op("ReduceSum", [weight, b.const([-1])], "pool_count", keepdims=1)
+    mean = b.op("Div", [b.op("MatMul", [weight, values], "pool_sum"), count], "pool_mean")  # [B, Hkv, K, D]
+    mean = b.op("Transpose", [mean], "pool_t", perm=[0, 2, 1, 3])
+    return b.op("Reshape", [mean, b.const([0, 0, kv_heads * head_dim])], "pooled")
+
+
+def _causal_mean_at(b: _Builder, z: str, score_idx: str, query_abs: str) -> str:
+    """Mean of z [B, T, F] over tokens 0..p at each score position p (a whole-conversation read, for training)."""
+    total = b.op("GatherND", [b.op("CumSum", [z, b.const(1)], "cumsum"), score_idx], "cum_at", batch_dims=1)
+    count = b.op("Cast", [b.op("Unsqueeze", [b.op("Add", [query_abs, b.const(1)]), b.const([-1])])], to=b.onnx_dtype)
+    return b.op("Div", [total, count], "causal_mean")
 
 
 def _causal_bias(b: _Builder, query_index: str, key_range: str, groups: int) -> str:
@@ -276,8 +314,11 @@ def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
         raise ValueError(f"hidden_size {hidden} does not match the embedding width {embed.shape[1]}")
     feature_head = any(k.startswith("head.") for k in weights)
     feature_layers = [int(i) for i in arch.get("feature_layers", [n_layers - 1])]
-    if feature_head and (not feature_layers or not all(0 <= i < n_layers for i in feature_layers)):
-        raise ValueError(f"feature_layers {feature_layers} must name layers 0..{n_layers - 1}")
+    trunk = n_layers - 1 if arch.get("pool_layers") else n_layers
+    if feature_head and (not feature_layers or not all(0 <= i < trunk for i in feature_layers)):
+        raise ValueError(f"feature_layers {feature_layers} must name layers 0..{trunk - 1}")
+    if not all(0 <= int(i) < trunk for i in arch.get("pool_layers", [])):
+        raise ValueError(f"pool_layers {arch['pool_layers']} must name layers 0..{trunk - 1}")
 
     def w(name: str) -> np.ndarray:
         return np.asarray(weights[name], dtype=np.float32)
@@ -301,6 +342,9 @@ def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
     outputs = [helper.make_tensor_value_info("label_logits", TensorProto.FLOAT, ["batch", "num_scores", NUM_LABELS])]
     if feature_output:
         outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "num_scores", "dim"]))
+        if arch.get("pool_layers"):
+            outputs.append(helper.make_tensor_value_info("pooled_inputs", TensorProto.FLOAT,
+                                                         ["batch", "num_scores", "pool_dim"]))
     for i in range(n_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}.{i}", b.onnx_dtype, cache_dims))
@@ -322,8 +366,11 @@ def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
     score_idx = b.op("Unsqueeze", ["score_positions", b.const([-1])], "score_idx")  # [B, K, 1]
     kv_size = kv_heads * head_dim
     features: list[str] = []
+    pool_layers = [int(i) for i in arch.get("pool_layers", [])]  # the last layer is then the trajectory pool
+    n_trunk = n_layers - 1 if pool_layers else n_layers
+    pool_inputs: list[str] = []
 
-    for i in range(n_layers):
+    for i in range(n_trunk):
         p = f"model.layers.{i}."
         h = _rms_norm(b, x, w(p + "input_layernorm.weight"), eps, f"layers.{i}.input_norm")
         q_name, k_name, v_name = (p + f"self_attn.{n}_proj.weight" for n in "qkv")
@@ -352,9 +399,17 @@ def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
                  "resid_mlp")
         if feature_head and i in feature_layers:
             features.append(x if i == n_layers - 1 else b.op("GatherND", [x, score_idx], "feat_x", batch_dims=1))
+        if i in pool_layers:
+            pool_inputs.append(_plain_norm(b, x, eps))
 
+    pooled = None
+    if pool_layers:
+        z = pool_inputs[0] if len(pool_inputs) == 1 else b.op("Concat", pool_inputs, "pool_in", axis=-1)
+        pooled = _pool_slot(b, z, weights, n_layers - 1, arch, cache_pos, query_abs)
+        if feature_output:
+            b.op("Cast", [_causal_mean_at(b, z, score_idx, query_abs)], outputs=["pooled_inputs"], to=TensorProto.FLOAT)
     if feature_head:
-        logits, feats = _feature_head(b, features, weights, eps)
+        logits, feats = _feature_head(b, features, weights, eps, pooled)
         if feature_output:
             b.op("Cast", [feats], outputs=["features"], to=TensorProto.FLOAT)
     else:
@@ -375,6 +430,8 @@ def build_monitor_graph(weights: Mapping[str, Any], arch: Mapping[str, Any], *,
     arch_json["label_token_ids"] = label_ids
     if feature_head:
         arch_json["feature_layers"] = feature_layers
+    if pool_layers:
+        arch_json["pool_layers"] = pool_layers
     props = {"trajsafe.architecture": json.dumps(arch_json), "trajsafe.float_dtype": float_dtype,
              "trajsafe.kv_layout": KV_LAYOUT, "trajsafe.max_positions": str(max_positions)}
     if layout_ids is not None:

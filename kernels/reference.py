@@ -52,7 +52,7 @@ def reference_forward(
 
     x = w("model.embed_tokens.weight")[ids]
     keys, values, layer_outputs = [], [], []
-    for i in range(int(arch["num_layers"])):
+    for i in range(int(arch["num_layers"]) - (1 if arch.get("pool_layers") else 0)):
         p = f"model.layers.{i}."
         h = _rms_norm(x, w(p + "input_layernorm.weight"), eps)
         q = (h @ w(p + "self_attn.q_proj.weight").T).reshape(batch, length, heads, head_dim)
@@ -75,9 +75,14 @@ def reference_forward(
         act = gate / (1.0 + np.exp(-gate)) * (h @ w(p + "mlp.up_proj.weight").T)
         x = x + act @ w(p + "mlp.down_proj.weight").T
         layer_outputs.append(x)
-    if any(k.startswith("head.") for k in weights):  # feature head: normalised layer outputs -> MLP
+    if any(k.startswith("head.") for k in weights):  # feature head: normalised layer outputs (+ pool) -> MLP
         feats = np.concatenate([_rms_norm(np.take_along_axis(layer_outputs[i], scores_at[:, :, None], axis=1), 1.0,
                                           eps) for i in arch["feature_layers"]], axis=-1)
+        if arch.get("pool_layers"):  # mean over tokens 0..p (within the attention mask) of the projected inputs
+            z = np.concatenate([_rms_norm(layer_outputs[i], 1.0, eps) for i in arch["pool_layers"]], axis=-1)
+            v = (z @ w("pool.weight").T) * mask[..., None]
+            means = np.cumsum(v, axis=1) / np.maximum(np.cumsum(mask, axis=1), 1)[..., None]
+            feats = np.concatenate([feats, np.take_along_axis(means, scores_at[:, :, None], axis=1)], axis=-1)
         hidden = np.maximum(feats @ w("head.0.weight").T + w("head.0.bias"), 0.0)
         return hidden @ w("head.3.weight").T + w("head.3.bias"), keys, values
     h = _rms_norm(x, w("model.norm.weight"), eps)

@@ -81,12 +81,17 @@ def tiny_weights(arch: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def v2_weights(weights: dict[str, np.ndarray], arch: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """Monitor v2's form of random weights: 4-bit projections and embedding, and a feature head (MLP) over the
-    layers in `arch["feature_layers"]`."""
+    """Monitor v2's form of random weights: 4-bit projections and embedding, the trajectory pool's projection (when
+    `arch["pool_layers"]`) and a feature head (MLP) over `arch["feature_layers"]` and the pool."""
     rng = np.random.default_rng(seed + 1)
     out: dict[str, Any] = {k: Q4Linear.quantize(v) if k.endswith("proj.weight") else v for k, v in weights.items()}
     out["model.embed_tokens.weight"] = Q4Table.quantize(weights["model.embed_tokens.weight"])
     dim = int(arch["hidden_size"]) * len(arch["feature_layers"])
+    if arch.get("pool_layers"):
+        width = int(arch["num_kv_heads"]) * int(arch["head_dim"])
+        pool_in = int(arch["hidden_size"]) * len(arch["pool_layers"])
+        out["pool.weight"] = (rng.standard_normal((width, pool_in)) / np.sqrt(pool_in) * 3).astype(np.float32)
+        dim += width
     out["head.0.weight"] = (rng.standard_normal((32, dim)) / np.sqrt(dim)).astype(np.float32)
     out["head.0.bias"] = (rng.standard_normal(32) * 0.1).astype(np.float32)
     out["head.3.weight"] = (rng.standard_normal((20, 32)) / np.sqrt(32) * 3).astype(np.float32)
@@ -124,8 +129,8 @@ def build_tiny_package(
                      intermediate_size=intermediate_size, vocab_size=vocab_size)
     weights: dict[str, Any] = tiny_weights(arch, seed)
     layout = default_layout(max_message_tokens)
-    if style == "v2":
-        arch["feature_layers"] = [0, num_layers - 1]
+    if style == "v2":  # the trunk's layers, then the trajectory pool's cache slot
+        arch.update(num_layers=num_layers + 1, feature_layers=[0, num_layers - 1], pool_layers=[0, num_layers - 1])
         weights = v2_weights(weights, arch, seed)
         layout.update(V2_MARKERS)
     layout_ids = marker_ids(MessageEncoder(tokenizer, layout))

@@ -51,6 +51,8 @@ def test_q4_quantisation_error_is_bounded() -> None:
 def test_q4_feature_head_graph_matches_reference(heads: int, kv_heads: int) -> None:
     arch = {**tiny_arch(num_layers=3, num_heads=heads, num_kv_heads=kv_heads), "feature_layers": [0, 2]}
     weights = v2_weights(tiny_weights(arch, seed=3), arch, seed=3)
+    arch = {**arch, "num_layers": 4, "pool_layers": [1, 2]}  # plus the trajectory pool's slot
+    weights = v2_weights(tiny_weights({**arch, "num_layers": 3}, seed=3), arch, seed=3)
     ids = np.random.default_rng(4).integers(28, arch["vocab_size"], (1, 40))
     expected, _, _ = reference_forward(weights, arch, ids, np.asarray([[5, 39]]))
     exact = _run(build_monitor_graph(weights, arch, accuracy_level=0), arch, ids, [5, 39])
@@ -72,7 +74,7 @@ def test_feature_output_is_the_heads_input() -> None:
 
     pytest.importorskip("torch")
     np.testing.assert_allclose(head_logits({k: v for k, v in weights.items() if k.startswith("head.")}, feats[0]),
-                               logits[0], atol=1e-4)
+                               logits[0], atol=1e-4)  # (here without a pool)
     norms = np.sqrt((feats[0].reshape(2, 2, -1) ** 2).mean(-1))
     np.testing.assert_allclose(norms, 1.0, atol=1e-3)  # each layer's output RMS-normalised
 
@@ -124,11 +126,14 @@ def test_head_learns_a_separable_problem() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((600, 16)).astype(np.float32)
     harmful = x[:, 0] > 0
-    rows = Rows(x, np.where(harmful, 3, 0), np.where(harmful, 1, 0), harmful.astype(np.float32),
+    z = rng.standard_normal((600, 8)).astype(np.float32) * 5 + 3  # the pooled inputs: raw, not standardised
+    harmful = x[:, 0] + z[:, 1] / 5 > 0.5
+    rows = Rows(x * 0.01 + 2, z, np.where(harmful, 3, 0), np.where(harmful, 1, 0), harmful.astype(np.float32),
                 np.ones(600, np.float32), np.arange(600))
-    head = train_head(rows, HeadConfig(layers=(0,), hidden=16, epochs=20, batch_size=32, lr=3e-3, dropout=0.0))
-    logits = head_logits(head, x)
-    assert np.mean(logits[:, :5].argmax(-1) == rows.action) > 0.95
+    head = train_head(rows, HeadConfig(hidden=16, pool_width=4, epochs=30, batch_size=32, lr=3e-3, dropout=0.0))
+    assert head["pool.weight"].shape == (4, 8) and head["head.0.weight"].shape == (16, 16 + 4)
+    logits = head_logits(head, rows.x, rows.z)  # standardisation folded into the exported weights
+    assert np.mean(logits[:, :5].argmax(-1) == rows.action) > 0.9
 
 
 def _installed(name: str) -> bool:

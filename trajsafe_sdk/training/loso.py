@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..layout import MessageEncoder
-from .head import HeadConfig, build_rows, record_logits, train_head
+from .head import FeatureLayout, HeadConfig, build_rows, record_logits, train_head
 from .metrics import conversation_metrics
 from .train import N_ACT, N_CAT, fit_policy, record_messages, runtime_actions, softmax, split_validation, user_rows
 
@@ -110,23 +110,22 @@ class ReferenceClassifier:
 
 def run_fold(records: Sequence[dict[str, Any]], train_idx: Sequence[int], test_idx: Sequence[int],
              feats: Sequence[np.ndarray], single_feats: Sequence[list[np.ndarray]], encoder: MessageEncoder,
-             cfg: HeadConfig, hidden: int, targets: dict[str, float],
+             cfg: HeadConfig, layout: FeatureLayout, targets: dict[str, float],
              reference: ReferenceClassifier | None = None) -> dict[str, Any]:
     """Train on `train_idx` (validation slice for the policy), evaluate on `test_idx`."""
     train_recs = [{**records[i], "_i": i} for i in train_idx]
     fit_recs, val_recs = split_validation(train_recs, 0.15, cfg.seed)
     fit_i, val_i = [r["_i"] for r in fit_recs], [r["_i"] for r in val_recs]
-    rows = build_rows([records[i] for i in fit_i], [feats[i] for i in fit_i], encoder, cfg.layers, hidden,
-                      cfg.family_balance)
+    rows = build_rows([records[i] for i in fit_i], [feats[i] for i in fit_i], encoder, layout, cfg)
     head = train_head(rows, cfg)
-    val_u = user_logits([records[i] for i in val_i], record_logits(head, [feats[i] for i in val_i], cfg.layers,
-                                                                    hidden), encoder)
+    val_u = user_logits([records[i] for i in val_i], record_logits(head, [feats[i] for i in val_i], layout, cfg),
+                       encoder)
     policy = fit_policy_for([records[i] for i in val_i], val_u, targets)
     test = [records[i] for i in test_idx]
-    test_u = user_logits(test, record_logits(head, [feats[i] for i in test_idx], cfg.layers, hidden), encoder)
+    test_u = user_logits(test, record_logits(head, [feats[i] for i in test_idx], layout, cfg), encoder)
     out = {"policy": policy, "head": head,
            "monitor": items_for(test, [runtime_actions(lg, policy) if len(lg) else [] for lg in test_u])}
-    singles = [record_logits(head, single_feats[i], cfg.layers, hidden) for i in test_idx]
+    singles = [record_logits(head, single_feats[i], layout, cfg) for i in test_idx]
     out["last_message"] = items_for(test, _single_actions(singles, policy))
     if reference is not None:
         out["reference"] = items_for(test, reference.actions(reference.fit(records, train_idx, cfg.seed), test_idx))
@@ -150,7 +149,7 @@ def summarise(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def leave_source_out(records: Sequence[dict[str, Any]], feats: Sequence[np.ndarray],
                      single_feats: Sequence[list[np.ndarray]], encoder: MessageEncoder, cfg: HeadConfig,
-                     hidden: int, targets: dict[str, float], reference: ReferenceClassifier | None = None,
+                     layout: FeatureLayout, targets: dict[str, float], reference: ReferenceClassifier | None = None,
                      families: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """All folds; returns per-reading summaries and the per-fold policies."""
     fams = list(families or sorted({family(r) for r in records}))
@@ -158,7 +157,8 @@ def leave_source_out(records: Sequence[dict[str, Any]], feats: Sequence[np.ndarr
     policies = {}
     for f in fams:
         train_idx, test_idx = fold(records, f)
-        res = run_fold(records, train_idx, test_idx, feats, single_feats, encoder, cfg, hidden, targets, reference)
+        res = run_fold(records, train_idx, test_idx, feats, single_feats, encoder, cfg, layout, targets,
+                       reference)
         policies[f] = res["policy"]
         for k in readings:
             readings[k].extend(res.get(k, []))
