@@ -100,6 +100,16 @@ class Q4Table:
     def shape(self) -> tuple[int, int]:
         return self.packed.shape[0], self.packed.shape[1] * 2
 
+    def padded(self, rows: int) -> Q4Table:
+        """The table with zero rows appended up to `rows` (ids the tokenizer has but the checkpoint does not: the
+        label tokens, never fed as input, still get a valid row)."""
+        extra = rows - self.shape[0]
+        if extra <= 0:
+            return self
+        return Q4Table(np.concatenate([self.packed, np.zeros((extra, self.packed.shape[1]), np.uint8)]),
+                       np.concatenate([self.scale, np.ones((extra, self.scale.shape[1]), np.float16)]),
+                       np.concatenate([self.minimum, np.zeros((extra, self.minimum.shape[1]), np.float16)]))
+
     def dequantize(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         codes = unpack_nibbles(self.packed[rows]).astype(np.float32)
         v, d = codes.shape

@@ -30,7 +30,11 @@ def test_tiny_run_reports_every_section() -> None:
     assert all(r["median_ms"] > 0 and r["floor_ms"] > 0 for r in result["latency"])
     assert "torch" in result["skipped"] and "optimum" in result["skipped"]
     assert {r["conversations"] for r in result["throughput"]} == {1, 2}
-    assert result["memory"]["kv"]["kv_bytes_per_token"] == 2 * 4 * 2 * 64 * 4
+    from trajsafe_sdk.package import MonitorPackage
+
+    kv = MonitorPackage.load().manifest["kv"]
+    per_token = 2 * kv["num_layers"] * kv["num_kv_heads"] * kv["head_dim"] * 4
+    assert result["memory"]["kv"]["kv_bytes_per_token"] == per_token
     assert result["memory"]["pool"]["conversations"] == 4
     assert result["targets"] and all(t["met"] in (True, False, None) for t in result["targets"])
     json.dumps(result)

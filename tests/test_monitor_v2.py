@@ -165,6 +165,8 @@ def test_pretrained_trunk_in_our_graph_matches_reference() -> None:
     weights["head.3.bias"] = np.zeros(20, np.float32)
     ids = np.asarray([tokenizer.encode("<|im_start|>user\nHow do I kill a stuck process?<|im_end|>\n"
                                        "<|im_start|>assistant\n", add_special_tokens=False).ids])
-    got = _run(build_monitor_graph(weights, arch), arch, ids, [ids.shape[1] - 1])
     expected, _, _ = reference_forward(weights, arch, ids, np.asarray([[ids.shape[1] - 1]]))
-    assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).std() + 1e-3
+    exact = _run(build_monitor_graph(weights, arch, accuracy_level=0), arch, ids, [ids.shape[1] - 1])
+    assert np.abs(exact - expected).max() <= 1e-3 * max(1.0, np.abs(expected).max())
+    fast = _run(build_monitor_graph(weights, arch), arch, ids, [ids.shape[1] - 1])  # int8 activations
+    assert np.abs(fast - expected).max() <= 0.15 * np.abs(expected).std()

@@ -73,10 +73,11 @@ def test_smoke_build(tmp_path: Path) -> None:
     summary = build(DATA_DIR, out, seed=0, smoke=True, work=tmp_path / "work")
     pkg = MonitorPackage.load(out)
     assert pkg.variants() == ["q4"]
-    assert pkg.architecture["num_layers"] == 2 and pkg.architecture["feature_layers"] == [0, 1]
+    arch = pkg.architecture  # 2 trunk layers and the trajectory pool's slot
+    assert arch["num_layers"] == 3 and arch["feature_layers"] == [1] and arch["pool_layers"] == [0, 1]
     assert (out / "CARD.md").read_text().startswith("# TrajSafe default monitor v2")
     parity = summary["parity"]
-    assert parity["max_abs_diff_vs_head"] <= 1e-3  # the exported graph computes what the head was trained on
+    assert parity["max_abs_diff_vs_head"] <= 1e-2  # the graph computes what the head was trained on (fp16 cache)
     assert parity["max_abs_diff_incremental"] <= 1e-3  # KV-cached turns equal a whole-conversation read
     manifest = json.loads((out / "monitor.json").read_text())
     assert set(manifest["policy"]) >= {"probe", "steer", "refuse", "terminate"}

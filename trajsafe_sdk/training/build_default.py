@@ -325,7 +325,8 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     weights, arch = load_trunk(layers)
     tokenizer = load_tokenizer()
     layout = package_layout(tokenizer)
-    arch.update(num_layers=layers + 1, pool_layers=list(sources),
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"].padded(tokenizer.get_vocab_size())
+    arch.update(num_layers=layers + 1, pool_layers=list(sources), vocab_size=tokenizer.get_vocab_size(),
                 label_token_ids=[layout["special_tokens"][t] for t in layout["label_tokens"]])
     encoder = MessageEncoder(tokenizer, layout)
     feature_layout = FeatureLayout(layers, tuple(sources), int(arch["hidden_size"]))
@@ -345,11 +346,13 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     report: dict[str, Any] = {}
     if loso:
         reference = None
-        emb = None if smoke else embed_user_texts([m.content for m, in singles], 128, 2, log=say)
+        texts = sorted({m.content for m, in singles})
+        emb = None if smoke else embed_user_texts(texts, 128, 2, log=say)
         if emb is not None:
+            row = {t: i for i, t in enumerate(texts)}
             per_record: list[list[np.ndarray]] = [[] for _ in records]
-            for k, e in zip(owner, emb, strict=True):
-                per_record[k].append(e)
+            for k, (m,) in zip(owner, singles, strict=True):
+                per_record[k].append(emb[row[m.content]])
             reference = ReferenceClassifier([np.asarray(e, np.float32).reshape(-1, emb.shape[1]) for e in per_record])
         say("leave-source-out evaluation")
         report = leave_source_out(records, feats, single_feats, encoder, cfg, feature_layout, POLICY_TARGETS,
