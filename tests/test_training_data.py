@@ -422,3 +422,19 @@ def test_intent_contrast_and_gradual_specific() -> None:
             assert users[0]["action"] == "allow" and users[-1]["action"] in ("refuse", "terminate")
             risks = [t["risk"] for t in users]
             assert risks == sorted(risks)
+
+
+@needs_data
+def test_held_out_hard_cases_are_not_in_the_corpus() -> None:
+    """tests/hardcases/ is evaluation only: none of its messages may reach the training corpus."""
+    import json
+
+    from trajsafe_sdk.training.dataset import build_corpus
+    from trajsafe_sdk.training.sources import norm_key
+
+    held_out = {norm_key(m["content"]) for f in (REPO / "tests" / "hardcases").glob("*.jsonl")
+                for line in f.read_text(encoding="utf-8").splitlines() if line.strip()
+                for m in json.loads(line)["messages"] if len(m["content"]) > 30}
+    corpus = build_corpus(DATA_DIR, seed=0)
+    seen = {norm_key(m["content"]) for split in corpus.values() for r in split for m in r["messages"]}
+    assert held_out and not held_out & seen
