@@ -475,3 +475,14 @@ def test_converter_writes_labelled_dev_split(tmp_path: Path) -> None:
     per_source = sorted((tmp_path / "dev_by_source").glob("*.jsonl"))
     assert sum(len(p.read_text().splitlines()) for p in per_source) == len(dev)
     assert {json.loads(line)["label"] for line in dev} == {"harmful", "benign"}
+
+
+def test_the_package_leave_source_out_figures_are_quoted(tiny_package: Path) -> None:
+    """`trajsafe info` / `eval` quote the package's own leave-source-out figures, never as their own result."""
+    from trajsafe_sdk.cli import package_evaluation
+    from trajsafe_sdk.package import MonitorPackage
+
+    quoted = package_evaluation(MonitorPackage.load())  # the shipped monitor records them
+    assert quoted is not None and quoted["protocol"].startswith("leave-source-out")
+    assert "catch" in quoted["text"] and "friction" in quoted["text"]
+    assert package_evaluation(MonitorPackage.load(tiny_package)) is None
