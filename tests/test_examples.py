@@ -18,7 +18,7 @@ from trajsafe_sdk.guard import DecisionEvent, Guard, default_monitor
 from trajsafe_sdk.labels import EXPECTATIONS
 
 REPO = Path(__file__).resolve().parents[1]
-V1 = pytest.mark.xfail(strict=False, reason="a known miss of the shipped monitor v2 (README: known limits)")
+V1 = pytest.mark.xfail(strict=False, reason="a known miss of the shipped monitor v2 (README: The monitor model)")
 # demo conversations the shipped monitor (v2) gets wrong: the innocent opener of two escalations (how banks word their
 # security emails; a coworker humiliated me) is already refused; every escalation is stopped where it should be
 V1_DEMO_MISSES = {"escalation-fraud", "escalation-violent"}
