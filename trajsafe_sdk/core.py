@@ -16,6 +16,7 @@ Fail closed: label logits that are not finite (NaN, or inf from an fp16 overflow
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -220,12 +221,46 @@ class DeviceKVCache(KVCache):
         buffers[layer].update_inplace(host)
 
 
+BLOCK_FROM = ACTIONS.index("refuse")
+ALONE_BATCH = 16  # user messages read alone per run (the monotone-escalation floor)
+
+
+def floor_action_scores(context: np.ndarray, alone: np.ndarray) -> np.ndarray:
+    """Action probabilities `[..., 5]` of a trajectory reading with P(>= refuse) and P(>= terminate) raised to at
+    least those of the same message read alone (lower rungs keep the trajectory's own mass, raised only where the
+    cumulative curve must stay monotone). Any threshold ladder over the result is at least as severe as on `alone`
+    at refuse/terminate level, and as on `context` everywhere."""
+    cum = np.cumsum(context[..., ::-1], axis=-1)[..., ::-1]
+    cum_alone = np.cumsum(alone[..., ::-1], axis=-1)[..., ::-1]
+    cum[..., BLOCK_FROM:] = np.maximum(cum[..., BLOCK_FROM:], cum_alone[..., BLOCK_FROM:])
+    cum[..., :BLOCK_FROM] = np.maximum(cum[..., :BLOCK_FROM], cum[..., BLOCK_FROM:BLOCK_FROM + 1])
+    nxt = np.concatenate([cum[..., 1:], np.zeros_like(cum[..., :1])], axis=-1)
+    return np.clip(cum - nxt, 0.0, 1.0)
+
+
+def with_alone_floor(context: Assessment, alone_logits: np.ndarray, extra_ms: float = 0.0) -> Assessment:
+    """`context` (a user message read in its conversation) floored by the same message read alone: a message the
+    monitor would refuse on its own is never handled more mildly because of what came before it. The category
+    follows the reading with more mass at refuse and above; the risk stays the trajectory's."""
+    act, cat, _ = split_label_logits(alone_logits)
+    alone_block = float(act[BLOCK_FROM:].sum())
+    raised = alone_block > float(context.action_scores[BLOCK_FROM:].sum())
+    return dataclasses.replace(context, action_scores=floor_action_scores(context.action_scores, act),
+                               category_scores=cat if raised else context.category_scores,
+                               latency_ms=context.latency_ms + extra_ms)
+
+
 class Monitor:
-    """A loaded monitor package on one ONNX Runtime session (thread-safe to share)."""
+    """A loaded monitor package on one ONNX Runtime session (thread-safe to share).
+
+    `alone_floor` (default on): every user message after the first is also read alone, batched, and its
+    Assessment is floored by that reading (`with_alone_floor`); this costs one more, cache-free run per turn.
+    """
 
     def __init__(self, package: MonitorPackage, provider: str = "auto", variant: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, alone_floor: bool = True) -> None:
         self.package = package
+        self.alone_floor = alone_floor
         self.encoder: MessageEncoder = package.encoder()
         arch = package.architecture
         self.num_layers = int(arch["num_layers"])
@@ -252,9 +287,10 @@ class Monitor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, provider: str = "auto", variant: str | None = None,
-             threads: int | None = None) -> Monitor:
+             threads: int | None = None, alone_floor: bool = True) -> Monitor:
         """Load a package folder (default: the embedded monitor) on `provider` ('auto', 'cpu' or 'cuda')."""
-        return cls(MonitorPackage.load(path), provider=provider, variant=variant, threads=threads)
+        return cls(MonitorPackage.load(path), provider=provider, variant=variant, threads=threads,
+                   alone_floor=alone_floor)
 
     def _check_graph(self) -> None:
         """The graph follows the contract and matches the package (checked at load, not on first use)."""
@@ -337,11 +373,24 @@ class Monitor:
         logits = binding.get_outputs()[-1].numpy()[0]  # bound last
         return logits[: len(positions)]
 
-    def _run_batch(self, caches: Sequence[KVCache], new_ids: Sequence[np.ndarray],
+    def read_alone(self, messages: Sequence[Message]) -> list[np.ndarray]:
+        """Label logits [20] of each message read as a conversation of its own (batched runs, no cache kept)."""
+        enc, out = self.encoder, []
+        for start in range(0, len(messages), ALONE_BATCH):
+            ids = [np.concatenate([np.asarray(enc.bos_ids, np.int64), enc.encode_message(m)])
+                   for m in messages[start:start + ALONE_BATCH]]
+            logits = self._run_batch(None, ids, [[len(x) - 1] for x in ids])
+            if not all(np.isfinite(lg).all() for lg in logits):
+                raise MonitorError(f"the monitor returned non-finite label logits (NaN or inf) on {self.provider} "
+                                   f"({self.variant}); the scores cannot be used")
+            out += [lg[0] for lg in logits]
+        return out
+
+    def _run_batch(self, caches: Sequence[KVCache] | None, new_ids: Sequence[np.ndarray],
                    score_positions: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """First reads of several empty caches in one run (new tokens right-padded; padding comes after each row's
-        tokens, so causal attention never lets a real token see it)."""
-        b = len(caches)
+        tokens, so causal attention never lets a real token see it). `caches=None`: nothing is kept."""
+        b = len(new_ids)
         lens = [len(x) for x in new_ids]
         t_max = max(lens)
         k_max = max(1, max(len(p) for p in score_positions))
@@ -361,7 +410,7 @@ class Monitor:
         except Exception as exc:
             raise MonitorError(f"onnxruntime failed while scoring a batch ({self.provider}): {exc}") from exc
         named = dict(zip([o.name for o in self.ort_session.get_outputs()], outputs, strict=True))
-        for r, (c, t) in enumerate(zip(caches, lens, strict=True)):
+        for r, (c, t) in enumerate(zip(caches or [], lens, strict=False)):
             c.reserve(t)
             for i in range(self.num_layers):
                 for kind in ("key", "value"):
@@ -492,7 +541,23 @@ class TrajectorySession:
                 read, pending[i] = pending[i][: plan.count], pending[i][plan.count :]
                 results[i] += sessions[i]._commit(read, plan, logits.get(i) if assess else None, elapsed)
             todo = [i for i in todo if pending[i]]
+        if assess and monitor.alone_floor:
+            TrajectorySession._floor_alone(sessions, results)
         return results
+
+    @staticmethod
+    def _floor_alone(sessions: Sequence[TrajectorySession], results: list[list[Assessment]]) -> None:
+        """Floor each new user Assessment (but a conversation's very first message, already read alone) by the
+        same message read alone (`with_alone_floor`)."""
+        todo = [(i, j) for i, got in enumerate(results) for j, a in enumerate(got)
+                if a.role == "user" and not a.partial and a.message_index > 0]
+        if not todo:
+            return
+        started = time.perf_counter()
+        alone = sessions[0].monitor.read_alone([sessions[i].messages[results[i][j].message_index] for i, j in todo])
+        extra = (time.perf_counter() - started) * 1000 / len(todo)
+        for (i, j), logits in zip(todo, alone, strict=True):
+            results[i][j] = with_alone_floor(results[i][j], logits, extra)
 
     def _ensure_resident(self) -> None:
         """Rebuild the cache from the transcript after an eviction (or create it)."""

@@ -12,6 +12,7 @@ from .labels import ACTIONS, CATEGORIES
 
 DEFAULT_THRESHOLDS: dict[str, float] = {"probe": 0.5, "steer": 0.5, "refuse": 0.5, "terminate": 0.6}
 LADDER = ("terminate", "refuse", "steer", "probe")
+SEVERITY = {a: i for i, a in enumerate(ACTIONS)}  # allow < probe < steer < refuse < terminate
 
 
 @dataclass
@@ -26,6 +27,10 @@ class Policy:
     Where the ladder says `allow` but the monitor's trajectory risk reaches `probe_risk`, the user is probed
     (asked for their purpose): the risk head ranks conversations better than the action head's uncertain middle.
 
+    Once a conversation has been flagged (an earlier user turn was probed, steered or refused), a later turn is
+    refused when P(action >= refuse) reaches `flagged_refuse` (when that is lower than the refuse threshold): after
+    warnings, an explicit harmful goal needs less evidence to be stopped.
+
     A threshold above 1 disables its action. `stage` ("input", "output", "stream") says what was just read: only
     input decisions are remembered for de-escalation; any `terminate` is sticky. Subclasses may override
     `ladder_action`.
@@ -35,12 +40,13 @@ class Policy:
     sticky_terminate: bool = True
     deescalate_risk: float = 0.5
     probe_risk: float = 1.1  # above 1: off
+    flagged_refuse: float = 1.1  # above 1: off
 
     @classmethod
     def from_package(cls, defaults: Mapping[str, Any], **overrides: Any) -> Policy:
         thresholds = {k: float(defaults[k]) for k in LADDER if k in defaults}
         thresholds.update(overrides.pop("thresholds", {}) or {})
-        for key in ("sticky_terminate", "deescalate_risk", "probe_risk"):  # optional package defaults
+        for key in ("sticky_terminate", "deescalate_risk", "probe_risk", "flagged_refuse"):  # optional
             if key in defaults and key not in overrides:
                 overrides[key] = defaults[key]
         policy = cls(thresholds={**DEFAULT_THRESHOLDS, **thresholds}, **overrides)
@@ -50,7 +56,7 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """The settings in `monitor.json["policy"]` form (what `from_package` reads), JSON-ready."""
         return {**self.thresholds, "probe_risk": self.probe_risk, "deescalate_risk": self.deescalate_risk,
-                "sticky_terminate": self.sticky_terminate}
+                "sticky_terminate": self.sticky_terminate, "flagged_refuse": self.flagged_refuse}
 
     def validate(self) -> None:
         """Raise ValueError on an unknown action name or a threshold that is not a number >= 0."""
@@ -63,9 +69,10 @@ class Policy:
                 raise ValueError(f"policy threshold {name}={value!r} must be a number in [0, 1] (above 1: never)")
         if not 0.0 <= float(self.deescalate_risk) <= 1.0:
             raise ValueError(f"deescalate_risk={self.deescalate_risk!r} must be within [0, 1]")
-        if isinstance(self.probe_risk, bool) or not isinstance(self.probe_risk, int | float) \
-                or not float(self.probe_risk) >= 0.0:
-            raise ValueError(f"probe_risk={self.probe_risk!r} must be a number in [0, 1] (above 1: never)")
+        for name in ("probe_risk", "flagged_refuse"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not float(value) >= 0.0:
+                raise ValueError(f"{name}={value!r} must be a number in [0, 1] (above 1: never)")
 
     def choose(self, action_scores: Any) -> str:
         """The severity ladder over cumulative action probabilities."""
@@ -94,6 +101,9 @@ class Policy:
             action, reason = "terminate", "conversation was terminated earlier; reset it to continue"
         elif stage != "input":
             pass  # a reply (or part of one) is judged on its own scores; no probe bookkeeping
+        elif state.get("flagged") and SEVERITY[action] < SEVERITY["refuse"] \
+                and float(sum(assessment.action_scores[ACTIONS.index("refuse"):])) >= self.flagged_refuse:
+            action, reason = "refuse", "refuse: an earlier turn was already flagged and this one leans to refuse"
         elif last is not None and last.get("action") == "probe" and action in ("allow", "probe", "steer"):
             if assessment.risk < last.get("risk", 1.0) and assessment.risk < self.deescalate_risk:
                 action, reason = "allow", "the user's answer to the probe lowered the risk"
@@ -107,6 +117,7 @@ class Policy:
                                               key=lambda i: assessment.category_scores[i + 1]))]
         reason = reason or _reason(action, category, assessment.risk)
         if stage == "input":
+            state["flagged"] = state.get("flagged", False) or action != "allow"
             state["last_decision"] = {"action": action, "risk": assessment.risk,
                                       "message_index": assessment.message_index}
         scores = assessment.to_dict()  # labelled and rounded

@@ -29,7 +29,7 @@ from ..labels import ACTIONS
 from ..layout import MessageEncoder
 from ..messages import Message
 from ..package import marker_ids, write_package
-from .head import FeatureLayout, HeadConfig, build_rows, record_logits, train_head
+from .head import FeatureLayout, HeadConfig, record_logits
 from .pretrained import CHECKPOINT
 from .pretrained import LICENSE as CHECKPOINT_LICENSE
 
@@ -298,9 +298,9 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
 
     from .dataset import build_corpus
     from .features import FeatureStore, extraction_graph
-    from .loso import ReferenceClassifier, family, fit_policy_for, leave_source_out, user_logits
+    from .loso import ReferenceClassifier, family, leave_source_out, train_and_calibrate
     from .pretrained import load_tokenizer, load_trunk
-    from .train import embed_user_texts, record_messages, split_validation
+    from .train import embed_user_texts, record_messages
 
     t0 = time.time()
 
@@ -366,14 +366,10 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
         say(f"pooled (monitor): {json.dumps(report['monitor']['pooled'], default=str)[:600]}")
 
     say("final head and policy")
-    fit, val = split_validation([{**r, "_i": i} for i, r in enumerate(records)], 0.15, cfg.seed)
-    fit_i, val_i = [r["_i"] for r in fit], [r["_i"] for r in val]
-    rows = build_rows([records[i] for i in fit_i], [feats[i] for i in fit_i], encoder, feature_layout, cfg)
-    head = train_head(rows, cfg)
-    val_u = user_logits([records[i] for i in val_i], record_logits(head, [feats[i] for i in val_i], feature_layout,
-                                                                    cfg), encoder)
-    policy = fit_policy_for([records[i] for i in val_i], val_u, POLICY_TARGETS)
+    head, policy = train_and_calibrate(records, range(len(records)), feats, encoder, cfg, feature_layout,
+                                       POLICY_TARGETS, single_feats)
     say(f"policy {policy}")
+    val_i = sorted(np.random.default_rng(seed).permutation(len(records))[:24].tolist())  # for the parity check
 
     say("export")
     onnx_path = work / f"monitor.{VARIANT}.onnx"

@@ -7,11 +7,13 @@ validation slice).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..core import floor_action_scores
 from ..layout import MessageEncoder
 from .head import FeatureLayout, HeadConfig, build_rows, record_logits, train_head
 from .metrics import conversation_metrics
@@ -43,6 +45,16 @@ def is_multi_turn(record: dict[str, Any]) -> bool:
 def user_logits(records: Sequence[dict[str, Any]], logits: Sequence[np.ndarray], encoder: MessageEncoder
                 ) -> list[np.ndarray]:
     return [lg[user_rows(record_messages(r), encoder, len(lg))] for r, lg in zip(records, logits, strict=True)]
+
+
+def with_alone_floor(ulogits: np.ndarray, alone: np.ndarray) -> np.ndarray:
+    """User-turn label logits `[n, 20]` floored as the runtime floors them (`core.with_alone_floor`) by the same
+    messages read alone (`alone`: `[n, 20]`); category and risk logits stay the trajectory's."""
+    n = min(len(ulogits), len(alone))
+    out = np.array(ulogits, np.float64)
+    floored = floor_action_scores(softmax(out[:n, :N_ACT]), softmax(np.asarray(alone[:n, :N_ACT], np.float64)))
+    out[:n, :N_ACT] = np.log(np.maximum(floored, 1e-12))
+    return out
 
 
 def fit_policy_for(records: Sequence[dict[str, Any]], ulogits: Sequence[np.ndarray], targets: dict[str, float]
@@ -108,21 +120,79 @@ class ReferenceClassifier:
                 if len(self.embeddings[i]) else [] for i in idx]
 
 
+def family_groups(records: Sequence[dict[str, Any]], idx: Sequence[int], n_groups: int) -> list[set[str]]:
+    """The families of `idx` dealt into `n_groups` groups of about equal size (largest first, deterministic)."""
+    sizes = Counter(family(records[i]) for i in idx)
+    groups: list[set[str]] = [set() for _ in range(n_groups)]
+    load = [0] * n_groups
+    for fam, n in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        g = load.index(min(load))
+        groups[g].add(fam)
+        load[g] += n
+    return [g for g in groups if g]
+
+
+def _outside(record: dict[str, Any], fams: set[str]) -> bool:
+    """Neither from one of `fams` nor synthetic data built from their seeds."""
+    seeds = record.get("seed_families") or [record.get("seed_family")]
+    return family(record) not in fams and not fams.intersection(seeds)
+
+
+def monitor_logits(head: dict[str, np.ndarray], records: Sequence[dict[str, Any]], feats: Sequence[np.ndarray],
+                   single_feats: Sequence[list[np.ndarray]] | None, encoder: MessageEncoder, layout: FeatureLayout,
+                   cfg: HeadConfig) -> list[np.ndarray]:
+    """User-turn label logits per record as the runtime reads them: the trajectory reading, floored by each
+    message read alone when `single_feats` (per record, per user message) are given."""
+    ulogits = user_logits(records, record_logits(head, feats, layout, cfg), encoder)
+    if single_feats is None:
+        return ulogits
+    return [with_alone_floor(u, np.concatenate(record_logits(head, s, layout, cfg))) if len(u) and len(s) else u
+            for u, s in zip(ulogits, single_feats, strict=True)]
+
+
+def train_and_calibrate(records: Sequence[dict[str, Any]], idx: Sequence[int], feats: Sequence[np.ndarray],
+                        encoder: MessageEncoder, cfg: HeadConfig, layout: FeatureLayout, targets: dict[str, float],
+                        single_feats: Sequence[list[np.ndarray]] | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """A head trained on `idx` and policy thresholds fitted to meet `targets` on families the head has not seen.
+
+    `cfg.calibration == "families"`: the families of `idx` are dealt into `cfg.calibration_groups` groups; for each,
+    a head trained without the group (and without synthetic data from its seeds) scores it, and the thresholds are
+    fitted on those out-of-family scores; the returned head is then trained on all of `idx`. Thresholds fitted on
+    a random slice of the same families ("rows") come out too low for a source the monitor has never seen.
+    """
+    def head_on(sub: Sequence[int]) -> dict[str, np.ndarray]:
+        return train_head(build_rows([records[i] for i in sub], [feats[i] for i in sub], encoder, layout, cfg), cfg)
+
+    def scores(head: dict[str, np.ndarray], sub: Sequence[int]) -> list[np.ndarray]:
+        return monitor_logits(head, [records[i] for i in sub], [feats[i] for i in sub],
+                              None if single_feats is None else [single_feats[i] for i in sub], encoder, layout, cfg)
+
+    if cfg.calibration == "rows":
+        fit_recs, val_recs = split_validation([{**records[i], "_i": i} for i in idx], 0.15, cfg.seed)
+        fit_i, val_i = [r["_i"] for r in fit_recs], [r["_i"] for r in val_recs]
+        head = head_on(fit_i)
+        return head, fit_policy_for([records[i] for i in val_i], scores(head, val_i), targets)
+    if cfg.calibration != "families":
+        raise ValueError(f"unknown calibration {cfg.calibration!r}; expected 'rows' or 'families'")
+    val_i: list[int] = []
+    val_u: list[np.ndarray] = []
+    for group in family_groups(records, idx, cfg.calibration_groups):
+        held = [i for i in idx if family(records[i]) in group]
+        val_i += held
+        val_u += scores(head_on([i for i in idx if _outside(records[i], group)]), held)
+    return head_on(idx), fit_policy_for([records[i] for i in val_i], val_u, targets)
+
+
 def run_fold(records: Sequence[dict[str, Any]], train_idx: Sequence[int], test_idx: Sequence[int],
              feats: Sequence[np.ndarray], single_feats: Sequence[list[np.ndarray]], encoder: MessageEncoder,
              cfg: HeadConfig, layout: FeatureLayout, targets: dict[str, float],
              reference: ReferenceClassifier | None = None) -> dict[str, Any]:
-    """Train on `train_idx` (validation slice for the policy), evaluate on `test_idx`."""
-    train_recs = [{**records[i], "_i": i} for i in train_idx]
-    fit_recs, val_recs = split_validation(train_recs, 0.15, cfg.seed)
-    fit_i, val_i = [r["_i"] for r in fit_recs], [r["_i"] for r in val_recs]
-    rows = build_rows([records[i] for i in fit_i], [feats[i] for i in fit_i], encoder, layout, cfg)
-    head = train_head(rows, cfg)
-    val_u = user_logits([records[i] for i in val_i], record_logits(head, [feats[i] for i in val_i], layout, cfg),
-                       encoder)
-    policy = fit_policy_for([records[i] for i in val_i], val_u, targets)
+    """Train on `train_idx` (and calibrate the policy there, see `train_and_calibrate`), evaluate on `test_idx`."""
+    head, policy = train_and_calibrate(records, train_idx, feats, encoder, cfg, layout, targets, single_feats)
     test = [records[i] for i in test_idx]
-    test_u = user_logits(test, record_logits(head, [feats[i] for i in test_idx], layout, cfg), encoder)
+    test_u = monitor_logits(head, test, [feats[i] for i in test_idx], [single_feats[i] for i in test_idx], encoder,
+                            layout, cfg)
     out = {"policy": policy, "head": head,
            "monitor": items_for(test, [runtime_actions(lg, policy) if len(lg) else [] for lg in test_u])}
     singles = [record_logits(head, single_feats[i], layout, cfg) for i in test_idx]

@@ -394,7 +394,34 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     policy = {"probe": float(t_probe), "steer": float(t_steer), "refuse": float(t_ref), "terminate": float(t_term)}
     if risk_max is not None:
         policy["probe_risk"] = float(t_risk)
+    risks = val_risks if val_risks is not None else [np.zeros(len(p)) for p in val_probs]
+    policy["flagged_refuse"] = fit_flagged_refuse(policy, val_probs, risks, benign_groups, target_over_refusal)
     return policy
+
+
+def fit_flagged_refuse(policy: dict[str, float], val_probs: list[np.ndarray], val_risks: list[np.ndarray],
+                       benign_groups: list[np.ndarray], target_over_refusal: float) -> float:
+    """The lowest P(>= refuse) that refuses a turn of an already flagged conversation (`Policy.flagged_refuse`)
+    while benign over-refusal stays within the target in every group; 1.1 (off) when none does."""
+    benign = np.any(benign_groups, axis=0) if benign_groups else np.zeros(len(val_probs), bool)
+    if not benign.any():
+        return 1.1
+    cats = np.eye(N_CAT)[0]
+
+    def over_refusal(t: float) -> float:
+        pol = Policy.from_package({**policy, "flagged_refuse": t})
+        refused = np.zeros(len(val_probs), bool)
+        for i in np.flatnonzero(benign):
+            state: dict[str, Any] = {}
+            refused[i] = any(pol.decide(Assessment(k, "user", p, cats, float(r), 0, 0.0), state).action
+                             in ("refuse", "terminate") for k, (p, r) in enumerate(zip(val_probs[i], val_risks[i],
+                                                                                       strict=True)))
+        return max(float(refused[g].mean()) for g in benign_groups if g.any())
+
+    for t in np.round(np.arange(0.3, min(policy["refuse"], 0.96), 0.05), 3):
+        if over_refusal(float(t)) <= target_over_refusal:
+            return float(t)
+    return 1.1
 
 
 def evaluate(model: torch.nn.Module, encoder: MessageEncoder, records: list[dict[str, Any]],
