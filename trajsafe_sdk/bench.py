@@ -347,6 +347,20 @@ class OursCached(Method):
         return (lambda: self.monitor.run([cache], [new], positions)), (lambda: cache.truncate(past))
 
 
+class OursFloored(OursCached):
+    """`OursCached` plus the monotone-escalation floor's cache-free read of the new message alone
+    (`Monitor(alone_floor=True)`, the default: what a session pays per user turn)."""
+
+    def prepare(self, prefix: np.ndarray, new: np.ndarray) -> tuple[Run, Run]:
+        run, reset = super().prepare(prefix, new)
+        alone = [np.concatenate([prefix[:1], new])]
+
+        def both() -> object:
+            run()
+            return self.monitor.read_alone_ids(alone)
+        return both, reset
+
+
 class Reencode(Method):
     """The same monitor reading the whole conversation again (what a stateless guard does)."""
 
@@ -687,6 +701,9 @@ def methods(models: Models) -> list[Method]:
         out.append(TorchPeer(models.torch_model))
     for variant, monitor in models.package.items():
         out.append(OursCached(monitor, f"package:{variant}", f"ours on the trained package ({variant})", "package"))
+        out.append(OursFloored(monitor, f"package+floor:{variant}",
+                               f"the trained package with the alone floor ({variant}; the session default)",
+                               "package"))
         if not models.ours:
             out.append(Reencode(monitor, f"reencode:{variant}", f"re-encode whole conversation (package {variant})"))
     return out

@@ -375,10 +375,14 @@ class Monitor:
 
     def read_alone(self, messages: Sequence[Message]) -> list[np.ndarray]:
         """Label logits [20] of each message read as a conversation of its own (batched runs, no cache kept)."""
-        enc, out = self.encoder, []
-        for start in range(0, len(messages), ALONE_BATCH):
-            ids = [np.concatenate([np.asarray(enc.bos_ids, np.int64), enc.encode_message(m)])
-                   for m in messages[start:start + ALONE_BATCH]]
+        bos = np.asarray(self.encoder.bos_ids, np.int64)
+        return self.read_alone_ids([np.concatenate([bos, self.encoder.encode_message(m)]) for m in messages])
+
+    def read_alone_ids(self, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Label logits [20] at the last token of each id sequence, read from scratch (batched, no cache kept)."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(sequences), ALONE_BATCH):
+            ids = list(sequences[start:start + ALONE_BATCH])
             logits = self._run_batch(None, ids, [[len(x) - 1] for x in ids])
             if not all(np.isfinite(lg).all() for lg in logits):
                 raise MonitorError(f"the monitor returned non-finite label logits (NaN or inf) on {self.provider} "
