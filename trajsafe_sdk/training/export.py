@@ -1,57 +1,17 @@
-"""Export of a trained monitor: ONNX variants via the kernels builder, parity against PyTorch, the package."""
+"""Reading an exported monitor graph with ONNX Runtime: whole-conversation and KV-incremental feeds, sessions."""
 
 from __future__ import annotations
 
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import torch
 
 from ..core import length_feeds
-from ..kernels.graph import build_monitor_graph, empty_past
-from ..kernels.variants import quantize_int8
+from ..kernels.graph import empty_past
 from ..layout import MessageEncoder
 from ..messages import Message
-from ..package import write_package
-from . import model as M
-from .train import predict_conversations
-
-
-def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
-
-
-def build_variants(model: torch.nn.Module, arch: dict[str, Any], work: Path,
-                   variants: tuple[str, ...] = ("fp32", "int8", "fp16"),
-                   layout_ids: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Write `monitor.<variant>.onnx` files under `work`; returns write_package's `onnx_files` spec.
-
-    `layout_ids` (`trajsafe_sdk.package.marker_ids(encoder)`) are recorded in each graph, so loading refuses a
-    tokenizer or layout that resolves the markers to other ids than the model was trained with.
-    """
-    work.mkdir(parents=True, exist_ok=True)
-    weights = state_dict_numpy(model)
-    fp32 = build_monitor_graph(weights, arch, float_dtype="float32", layout_ids=layout_ids)
-    fp32_path = work / "monitor.fp32.onnx"
-    onnx.save(fp32, str(fp32_path))
-    files: dict[str, dict[str, Any]] = {}
-    if "fp32" in variants:
-        files["fp32"] = {"source": fp32_path, "dtype": "float32", "kv_dtype": "float32", "providers": ["cpu"]}
-    if "int8" in variants:
-        int8_path = work / "monitor.int8.onnx"
-        quantize_int8(str(fp32_path), str(int8_path))
-        files["int8"] = {"source": int8_path, "dtype": "int8", "kv_dtype": "float32", "providers": ["cpu"]}
-    if "fp16" in variants:
-        fp16_path = work / "monitor.fp16.onnx"
-        onnx.save(build_monitor_graph(weights, arch, float_dtype="float16", layout_ids=layout_ids), str(fp16_path))
-        # fp16 is parity-checked on the CPU provider (no GPU here): record only what was checked
-        files["fp16"] = {"source": fp16_path, "dtype": "float16", "kv_dtype": "float16", "providers": ["cpu"]}
-    return files
 
 
 def kv_dtype_of(session: Any) -> str:
@@ -138,66 +98,3 @@ def make_session(path: Path | str, provider: str = "CPUExecutionProvider", threa
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared cores: wait, don't spin
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
-
-
-def check_parity(model: torch.nn.Module, encoder: MessageEncoder, arch: dict[str, Any],
-                 files: dict[str, dict[str, Any]], convs: list[list[Message]], n_incremental: int = 4
-                 ) -> dict[str, dict[str, Any]]:
-    """Max abs diff of label logits (ONNX vs PyTorch) per variant: whole-conversation and KV-incremental feeds."""
-    ref = predict_conversations(model, encoder, convs)
-    report: dict[str, dict[str, Any]] = {}
-    for variant, spec in files.items():
-        try:
-            sess = make_session(spec["source"])
-        except Exception as exc:  # e.g. fp16 ops without a CPU kernel
-            report[variant] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-            continue
-        try:
-            got = ort_predict(sess, encoder, arch, convs)
-            full = max((float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True) if len(a)), default=0.0)
-            inc = 0.0
-            for msgs, r in list(zip(convs, ref, strict=True))[:n_incremental]:
-                g = ort_incremental(sess, encoder, arch, msgs)
-                n = min(len(g), len(r))
-                if n:
-                    inc = max(inc, float(np.abs(g[:n] - r[:n]).max()))
-            agree = np.mean([np.array_equal(a[:, :5].argmax(-1), b[:, :5].argmax(-1))
-                             for a, b in zip(ref, got, strict=True) if len(a)])
-            report[variant] = {"max_abs_diff": full, "max_abs_diff_incremental": inc,
-                               "argmax_action_agreement": float(agree), "conversations": len(convs)}
-        except Exception as exc:
-            report[variant] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    return report
-
-
-def check_optimum_export(hf_dir: Path) -> str:
-    """Check that optimum's `main_export` handles the saved HF checkpoint (a check only; its output is not shipped)."""
-    try:
-        from optimum.exporters.onnx import main_export
-
-        with tempfile.TemporaryDirectory() as tmp:
-            t = time.time()
-            main_export(str(hf_dir), output=tmp, task="text-generation-with-past", device="cpu", no_post_process=True)
-            names = sorted(p.name for p in Path(tmp).glob("*.onnx"))
-            return f"ok ({', '.join(names)}, {time.time() - t:.0f}s)"
-    except Exception as exc:
-        return f"failed: {type(exc).__name__}: {exc}"[:300]
-
-
-def write_monitor_package(out_dir: Path, *, tokenizer: Any, files: dict[str, dict[str, Any]], arch: dict[str, Any],
-                          policy: dict[str, float], default_variant: dict[str, str], card: str,
-                          version: str = "1.0.0", extra: dict[str, Any] | None = None) -> Path:
-    """`trajsafe_sdk.package.write_package` with the monitor's fixed settings (context limit 2048)."""
-    return write_package(out_dir, tokenizer=tokenizer, onnx_files=files, architecture=arch, name="trajsafe-monitor",
-                         version=version, context_limit=2048, policy=policy, default_variant=default_variant,
-                         max_message_tokens=512, card=card, extra=extra)
-
-
-def package_predictor(path: Path, encoder: MessageEncoder, arch: dict[str, Any]
-                      ) -> Callable[[list[list[Message]]], list[np.ndarray]]:
-    sess = make_session(path)
-    return lambda convs: ort_predict(sess, encoder, arch, convs)
-
-
-def arch_from_model(model: torch.nn.Module) -> dict[str, Any]:
-    return M.architecture(model.config)
