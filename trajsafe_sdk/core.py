@@ -232,6 +232,8 @@ def floor_action_scores(context: np.ndarray, alone: np.ndarray) -> np.ndarray:
     at refuse/terminate level, and as on `context` everywhere."""
     cum = np.cumsum(context[..., ::-1], axis=-1)[..., ::-1]
     cum_alone = np.cumsum(alone[..., ::-1], axis=-1)[..., ::-1]
+    if np.all(cum_alone[..., BLOCK_FROM:] <= cum[..., BLOCK_FROM:]):
+        return np.array(context, dtype=np.float64)  # nothing to raise: the trajectory reading as it is
     cum[..., BLOCK_FROM:] = np.maximum(cum[..., BLOCK_FROM:], cum_alone[..., BLOCK_FROM:])
     cum[..., :BLOCK_FROM] = np.maximum(cum[..., :BLOCK_FROM], cum[..., BLOCK_FROM:BLOCK_FROM + 1])
     nxt = np.concatenate([cum[..., 1:], np.zeros_like(cum[..., :1])], axis=-1)
