@@ -161,3 +161,19 @@ def test_pretrained_trunk_in_our_graph_matches_reference() -> None:
     assert np.abs(exact - expected).max() <= 1e-3 * max(1.0, np.abs(expected).max())
     fast = _run(build_monitor_graph(weights, arch), arch, ids, [ids.shape[1] - 1])  # int8 activations
     assert np.abs(fast - expected).max() <= 0.15 * np.abs(expected).std()
+
+
+def test_family_groups_split_families_evenly_and_calibration_scores_unseen_families() -> None:
+    pytest.importorskip("torch")
+    from trajsafe_sdk.training.loso import _outside, family_groups
+
+    records = [{"family": f} for f, n in (("a", 50), ("b", 30), ("c", 25), ("d", 20), ("e", 5)) for _ in range(n)]
+    records += [{"family": "synthetic", "seed_families": ["a", "c"]}] * 40
+    groups = family_groups(records, range(len(records)), 3)
+    assert sorted(f for g in groups for f in g) == ["a", "b", "c", "d", "e", "synthetic"]
+    sizes = sorted(sum(1 for r in records if r["family"] in g) for g in groups)
+    assert sizes[-1] - sizes[0] <= 20  # dealt largest first onto the lightest group
+    assert groups == family_groups(records, range(len(records)), 3)  # deterministic
+    assert not _outside({"family": "synthetic", "seed_families": ["a", "c"]}, {"c"})  # built from a held-out seed
+    assert _outside({"family": "synthetic", "seed_families": ["a", "c"]}, {"b"})
+    assert not _outside({"family": "b"}, {"b"})

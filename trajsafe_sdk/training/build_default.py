@@ -175,6 +175,13 @@ def compact_evaluation(report: dict[str, Any]) -> dict[str, Any]:
                for k in ("monitor", "last_message", "reference") if k in report}}
 
 
+def _calibration_text(head_cfg: dict[str, Any]) -> str:
+    if head_cfg.get("calibration") == "families":
+        return (f"on families the scoring head had not seen (the training families dealt into "
+                f"{head_cfg['calibration_groups']} groups; each group scored by a head trained without it)")
+    return "on a validation slice (15% of seed groups)"
+
+
 def render_card(info: dict[str, Any]) -> str:
     """CARD.md: checkpoint, data, training, leave-source-out evaluation, intended use, limits."""
     src_lines = [f"| `{src}` | {PUBLIC_DATASETS.get(src, 'project-generated (see trajsafe_sdk/training)')} | {lic} "
@@ -228,9 +235,10 @@ is kept here.
 - head: AdamW, {info['head_cfg']['epochs']} epochs, lr {info['head_cfg']['lr']}, weight decay
   {info['head_cfg']['weight_decay']}, dropout {info['head_cfg']['dropout']}; loss: cross-entropy over action and
   category, soft cross-entropy over the risk pair.
-- policy thresholds fitted on a validation slice (15% of seed groups, single requests and multi-turn chats together)
-  for friction ≤ {info['targets']['friction']} and over-refusal ≤ {info['targets']['over_refusal']}:
-  `{json.dumps(info['policy'])}`
+- policy thresholds fitted {_calibration_text(info['head_cfg'])}, for friction ≤ {info['targets']['friction']} and
+  over-refusal ≤ {info['targets']['over_refusal']} among single requests and among multi-turn chats, reading as the
+  runtime does (each user message's reading floored by the same message read alone; a turn of an already flagged
+  conversation refused from `flagged_refuse`): `{json.dumps(info['policy'])}`
 - file: `monitor.{VARIANT}.onnx`, {info['file_mb']:.1f} MB, weight-only 4-bit, float32 activations and KV cache; one
   variant for the CPU and CUDA providers. Weight-only quantisation reads a token the same way however a
   conversation is batched or split into turns. Parity: {json.dumps(info['parity'])}
@@ -273,8 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="2 trunk layers, a few hundred conversations (CI)")
     p.add_argument("--work", type=Path, default=None, help="folder for the feature cache and reports")
     p.add_argument("--no-loso", action="store_true", help="skip the leave-source-out evaluation")
+    p.add_argument("--calibration", choices=("rows", "families"), default="rows",
+                   help="fit the policy thresholds on a random validation slice (rows; default) or on families the "
+                        "scoring head has not seen (families: the targets hold on new sources, at lower catch; "
+                        "about 4x the head training)")
+    p.add_argument("--friction", type=float, default=POLICY_TARGETS["friction"], help="policy target")
+    p.add_argument("--over-refusal", type=float, default=POLICY_TARGETS["over_refusal"], help="policy target")
     args = p.parse_args(argv)
     build(args.data_dir, args.out, seed=args.seed, smoke=args.smoke, work=args.work, loso=not args.no_loso,
+          head_cfg=HeadConfig(seed=args.seed, calibration=args.calibration),
+          targets={"friction": args.friction, "over_refusal": args.over_refusal},
           command=" ".join(["python -m trajsafe_sdk.training.build_default", *map(shlex.quote, argv or sys.argv[1:])]))
     return 0
 
@@ -292,7 +308,7 @@ def _singles(convs: list[list[Message]]) -> tuple[list[list[Message]], list[int]
 
 def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work: Path | None = None,
           command: str = "", loso: bool = True, head_cfg: HeadConfig | None = None,
-          log: Any = None) -> dict[str, Any]:
+          targets: dict[str, float] | None = None, log: Any = None) -> dict[str, Any]:
     """Corpus -> trunk features -> leave-source-out evaluation -> head + policy -> export -> package."""
     import torch
 
@@ -321,6 +337,7 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
         records = [records[i] for i in sorted(rng.permutation(len(records))[:300])]
     say(f"corpus: {len(records)} conversations")
     cfg = head_cfg or HeadConfig(seed=seed)
+    targets = targets or POLICY_TARGETS
     layers, sources = (2, (0, 1)) if smoke else (TRUNK_LAYERS, POOL_SOURCES)
     if smoke:
         cfg = replace(cfg, layers=(1,), pool_layers=(0, 1), epochs=2)
@@ -359,15 +376,15 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
                 per_record[k].append(emb[row[m.content]])
             reference = ReferenceClassifier([np.asarray(e, np.float32).reshape(-1, emb.shape[1]) for e in per_record])
         say("leave-source-out evaluation")
-        report = leave_source_out(records, feats, single_feats, encoder, cfg, feature_layout, POLICY_TARGETS,
+        report = leave_source_out(records, feats, single_feats, encoder, cfg, feature_layout, targets,
                                   reference, log=say)
         (work / "loso.json").write_text(json.dumps({k: v for k, v in report.items() if k != "items"}, indent=2,
                                                    default=str))
         say(f"pooled (monitor): {json.dumps(report['monitor']['pooled'], default=str)[:600]}")
 
     say("final head and policy")
-    head, policy = train_and_calibrate(records, range(len(records)), feats, encoder, cfg, feature_layout,
-                                       POLICY_TARGETS, single_feats)
+    head, policy = train_and_calibrate(records, range(len(records)), feats, encoder, cfg, feature_layout, targets,
+                                       single_feats)
     say(f"policy {policy}")
     val_i = sorted(np.random.default_rng(seed).permutation(len(records))[:24].tolist())  # for the parity check
 
@@ -391,7 +408,7 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
             "families": families, "synthetic_share": float(np.mean([is_synthetic(r) for r in records])),
             "command": command or "python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default",
             "seed": seed, "machine": f"{platform.machine()} CPU, 2 threads", "wall_minutes": (time.time() - t0) / 60,
-            "targets": POLICY_TARGETS, "policy": policy, "file_mb": file_mb, "parity": parity, "loso": report}
+            "targets": targets, "policy": policy, "file_mb": file_mb, "parity": parity, "loso": report}
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("monitor.*.onnx"):
         stale.unlink()
