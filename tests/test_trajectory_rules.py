@@ -1,7 +1,8 @@
 """The runtime's trajectory rules that do not depend on what the monitor learned:
 
-- the monotone-escalation floor: a user message is never handled more mildly, at refuse/terminate level, than the
-  same message read alone (`core.floor_action_scores`, `Monitor(alone_floor=True)`);
+- the monotone-escalation floor: in a conversation that already looks harmful, a user message is never handled more
+  mildly, at refuse/terminate level, than the same message read alone (`core.floor_action_scores`,
+  `Monitor(alone_floor=True)` reads it, `Policy.floor_risk` says when it binds);
 - after a flagged turn, `Policy.flagged_refuse` refuses on less evidence.
 
 Real tiny monitor (random weights) on ONNX Runtime; the floor is checked against separate readings of the same
@@ -9,6 +10,8 @@ messages, so a wrong batch, a wrong message or a missing floor fails.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -54,36 +57,65 @@ CONVERSATION = [
 
 
 @pytest.mark.parametrize("which", ["tiny_monitor", "tiny_v2_monitor"])
-def test_session_floors_each_user_message_by_its_alone_reading(which: str, request: pytest.FixtureRequest) -> None:
+def test_session_attaches_each_user_message_read_alone(which: str, request: pytest.FixtureRequest) -> None:
     base: Monitor = request.getfixturevalue(which)
     plain = Monitor(base.package, provider="cpu", variant=base.variant, alone_floor=False)
     floored = Monitor(base.package, provider="cpu", variant=base.variant, alone_floor=True)
     trajectory = plain.score(CONVERSATION)
     got = floored.score(CONVERSATION)
     assert [a.message_index for a in got] == [a.message_index for a in trajectory]
-    raised = 0
     for ctx, a in zip(trajectory, got, strict=True):
+        np.testing.assert_allclose(a.action_scores, ctx.action_scores, atol=1e-12)  # the trajectory reading
+        assert ctx.alone_action_scores is None
         if ctx.role != "user":
-            np.testing.assert_allclose(a.action_scores, ctx.action_scores, atol=1e-12)
+            assert a.alone_action_scores is None
             continue
         alone = plain.score([CONVERSATION[ctx.message_index]])[0]
-        np.testing.assert_allclose(a.action_scores, floor_action_scores(ctx.action_scores, alone.action_scores),
-                                   atol=1e-5)
-        assert a.risk == ctx.risk
-        raised += float(a.action_scores[3:].sum()) > float(ctx.action_scores[3:].sum()) + 1e-6
-    assert raised, "the conversation must exercise the floor (a turn riskier alone than in context)"
-    # read_alone is the same reading as scoring a one-message conversation
+        assert a.alone_action_scores is not None
+        np.testing.assert_allclose(a.alone_action_scores, alone.action_scores, atol=1e-5)
+    # read_alone is the same reading as scoring a one-message conversation, batched with another message
     logits = floored.read_alone([Message("user", CONVERSATION[5]["content"]), Message("user", "hi")])
     np.testing.assert_allclose(split_label_logits(logits[0])[0], plain.score([CONVERSATION[5]])[0].action_scores,
                                atol=1e-5)
 
 
-def test_floor_is_the_same_turn_by_turn_and_in_one_run(tiny_v2_monitor: Monitor) -> None:
+def test_policy_floors_only_a_conversation_that_already_looks_harmful() -> None:
+    policy = Policy(thresholds={"probe": 1.1, "steer": 0.5, "refuse": 0.8, "terminate": 1.1}, floor_risk=0.5)
+    context = np.array([0.9, 0.0, 0.0, 0.1, 0.0])
+    alone = np.array([0.05, 0.0, 0.0, 0.95, 0.0])
+    cats = np.eye(len(CATEGORIES))[1]
+
+    def turn(i: int, risk: float, scores: np.ndarray = context) -> Assessment:
+        return Assessment(i, "user", scores, cats, risk, 10, 0.0, alone_action_scores=alone)
+
+    clean: dict = {}
+    assert policy.decide(turn(0, 0.1, np.array([1.0, 0, 0, 0, 0])), clean).action == "allow"
+    assert policy.decide(turn(2, 0.1), clean).action == "allow"  # earlier turns look benign: the context decides
+    risky: dict = {}
+    assert policy.decide(turn(0, 0.6, np.array([1.0, 0, 0, 0, 0])), risky).action == "allow"  # risk 0.6 >= 0.5
+    refused = policy.decide(turn(2, 0.1), risky)
+    assert refused.action == "refuse" and refused.action_scores["refuse"] >= 0.95 - 1e-6
+    assert policy.decide(turn(2, 0.1), {"flagged": True}).action == "refuse"  # an earlier flag
+    assert policy.decide(dataclasses.replace(turn(2, 0.1), alone_action_scores=None), {"flagged": True}).action \
+        == "allow"  # nothing read alone: nothing to floor with
+
+
+def test_floor_is_the_same_turn_by_turn_and_in_one_run_and_never_milder_in_a_flagged_chat(
+        tiny_v2_monitor: Monitor) -> None:
     one_run = tiny_v2_monitor.score(CONVERSATION)
     session = tiny_v2_monitor.new_session()
     turn_by_turn = [a for m in CONVERSATION for a in [session.append(m)] if a is not None]
     for a, b in zip(one_run, turn_by_turn, strict=True):
         np.testing.assert_allclose(a.action_scores, b.action_scores, atol=1e-4)
+        if a.alone_action_scores is not None:
+            np.testing.assert_allclose(a.alone_action_scores, b.alone_action_scores, atol=1e-4)
+    policy = Policy(thresholds={"probe": 1.1, "steer": 1.1, "refuse": 0.02, "terminate": 1.1})
+    for a in one_run:
+        if a.role == "user" and a.alone_action_scores is not None:
+            alone = policy.decide(dataclasses.replace(a, action_scores=a.alone_action_scores,
+                                                      alone_action_scores=None), {})
+            in_context = policy.decide(a, {"flagged": True})
+            assert SEVERITY[in_context.action] >= SEVERITY[alone.action]
 
 
 def _assessment(index: int, refuse_mass: float) -> Assessment:

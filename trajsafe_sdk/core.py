@@ -56,6 +56,7 @@ class Assessment:
     tokens: int
     latency_ms: float
     partial: bool = False
+    alone_action_scores: np.ndarray | None = None  # the same user message read alone (Monitor.alone_floor)
 
     @property
     def category(self) -> str:
@@ -240,23 +241,12 @@ def floor_action_scores(context: np.ndarray, alone: np.ndarray) -> np.ndarray:
     return np.clip(cum - nxt, 0.0, 1.0)
 
 
-def with_alone_floor(context: Assessment, alone_logits: np.ndarray, extra_ms: float = 0.0) -> Assessment:
-    """`context` (a user message read in its conversation) floored by the same message read alone: a message the
-    monitor would refuse on its own is never handled more mildly because of what came before it. The category
-    follows the reading with more mass at refuse and above; the risk stays the trajectory's."""
-    act, cat, _ = split_label_logits(alone_logits)
-    alone_block = float(act[BLOCK_FROM:].sum())
-    raised = alone_block > float(context.action_scores[BLOCK_FROM:].sum())
-    return dataclasses.replace(context, action_scores=floor_action_scores(context.action_scores, act),
-                               category_scores=cat if raised else context.category_scores,
-                               latency_ms=context.latency_ms + extra_ms)
-
-
 class Monitor:
     """A loaded monitor package on one ONNX Runtime session (thread-safe to share).
 
-    `alone_floor` (default on): every user message after the first is also read alone, batched, and its
-    Assessment is floored by that reading (`with_alone_floor`); this costs one more, cache-free run per turn.
+    `alone_floor` (default on): every user message after the first is also read alone (batched, cache-free; one more
+    run per turn) and its action scores are attached to the Assessment (`alone_action_scores`); the policy floors a
+    conversation that already looks harmful with them (`Policy.decide`).
     """
 
     def __init__(self, package: MonitorPackage, provider: str = "auto", variant: str | None = None,
@@ -553,8 +543,8 @@ class TrajectorySession:
 
     @staticmethod
     def _floor_alone(sessions: Sequence[TrajectorySession], results: list[list[Assessment]]) -> None:
-        """Floor each new user Assessment (but a conversation's very first message, already read alone) by the
-        same message read alone (`with_alone_floor`)."""
+        """Attach to each new user Assessment (but a conversation's very first message, already read alone) the
+        action scores of the same message read alone."""
         todo = [(i, j) for i, got in enumerate(results) for j, a in enumerate(got)
                 if a.role == "user" and not a.partial and a.message_index > 0]
         if not todo:
@@ -563,7 +553,9 @@ class TrajectorySession:
         alone = sessions[0].monitor.read_alone([sessions[i].messages[results[i][j].message_index] for i, j in todo])
         extra = (time.perf_counter() - started) * 1000 / len(todo)
         for (i, j), logits in zip(todo, alone, strict=True):
-            results[i][j] = with_alone_floor(results[i][j], logits, extra)
+            a = results[i][j]
+            results[i][j] = dataclasses.replace(a, alone_action_scores=split_label_logits(logits)[0],
+                                                latency_ms=a.latency_ms + extra)
 
     def _ensure_resident(self) -> None:
         """Rebuild the cache from the transcript after an eviction (or create it)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core import Assessment
+from .core import Assessment, floor_action_scores
 from .decision import Decision
 from .labels import ACTIONS, CATEGORIES
 
@@ -27,6 +28,11 @@ class Policy:
     Where the ladder says `allow` but the monitor's trajectory risk reaches `probe_risk`, the user is probed
     (asked for their purpose): the risk head ranks conversations better than the action head's uncertain middle.
 
+    Monotone-escalation floor: once an earlier user turn was flagged or reached trajectory risk `floor_risk`, a user
+    turn's action scores are floored by the same message read alone (`Assessment.alone_action_scores`,
+    `core.floor_action_scores`): in a conversation that already looks harmful, a message the monitor refuses on its
+    own is never handled more mildly. (In a benign-looking conversation the context may rightly clear it.)
+
     Once a conversation has been flagged (an earlier user turn was probed, steered or refused), a later turn is
     refused when P(action >= refuse) reaches `flagged_refuse` (when that is lower than the refuse threshold): after
     warnings, an explicit harmful goal needs less evidence to be stopped.
@@ -41,12 +47,13 @@ class Policy:
     deescalate_risk: float = 0.5
     probe_risk: float = 1.1  # above 1: off
     flagged_refuse: float = 1.1  # above 1: off
+    floor_risk: float = 0.5  # above 1: the floor needs an earlier flag
 
     @classmethod
     def from_package(cls, defaults: Mapping[str, Any], **overrides: Any) -> Policy:
         thresholds = {k: float(defaults[k]) for k in LADDER if k in defaults}
         thresholds.update(overrides.pop("thresholds", {}) or {})
-        for key in ("sticky_terminate", "deescalate_risk", "probe_risk", "flagged_refuse"):  # optional
+        for key in ("sticky_terminate", "deescalate_risk", "probe_risk", "flagged_refuse", "floor_risk"):
             if key in defaults and key not in overrides:
                 overrides[key] = defaults[key]
         policy = cls(thresholds={**DEFAULT_THRESHOLDS, **thresholds}, **overrides)
@@ -56,7 +63,8 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """The settings in `monitor.json["policy"]` form (what `from_package` reads), JSON-ready."""
         return {**self.thresholds, "probe_risk": self.probe_risk, "deescalate_risk": self.deescalate_risk,
-                "sticky_terminate": self.sticky_terminate, "flagged_refuse": self.flagged_refuse}
+                "sticky_terminate": self.sticky_terminate, "flagged_refuse": self.flagged_refuse,
+                "floor_risk": self.floor_risk}
 
     def validate(self) -> None:
         """Raise ValueError on an unknown action name or a threshold that is not a number >= 0."""
@@ -69,7 +77,7 @@ class Policy:
                 raise ValueError(f"policy threshold {name}={value!r} must be a number in [0, 1] (above 1: never)")
         if not 0.0 <= float(self.deescalate_risk) <= 1.0:
             raise ValueError(f"deescalate_risk={self.deescalate_risk!r} must be within [0, 1]")
-        for name in ("probe_risk", "flagged_refuse"):
+        for name in ("probe_risk", "flagged_refuse", "floor_risk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not float(value) >= 0.0:
                 raise ValueError(f"{name}={value!r} must be a number in [0, 1] (above 1: never)")
@@ -93,6 +101,10 @@ class Policy:
     def decide(self, assessment: Assessment, state: dict[str, Any] | None = None, stage: str = "input") -> Decision:
         """A Decision for `assessment`; `state` (per conversation) carries termination and probe history."""
         state = state if state is not None else {}
+        if stage == "input" and assessment.alone_action_scores is not None \
+                and (state.get("flagged") or state.get("max_risk", 0.0) >= self.floor_risk):
+            assessment = dataclasses.replace(assessment, action_scores=floor_action_scores(
+                assessment.action_scores, assessment.alone_action_scores))
         action = self.ladder_action(assessment)
         category = assessment.category
         reason = ""
@@ -118,6 +130,7 @@ class Policy:
         reason = reason or _reason(action, category, assessment.risk)
         if stage == "input":
             state["flagged"] = state.get("flagged", False) or action != "allow"
+            state["max_risk"] = max(float(state.get("max_risk", 0.0)), float(assessment.risk))
             state["last_decision"] = {"action": action, "risk": assessment.risk,
                                       "message_index": assessment.message_index}
         scores = assessment.to_dict()  # labelled and rounded

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from ..core import floor_action_scores
 from ..layout import MessageEncoder
 from .head import FeatureLayout, HeadConfig, build_rows, record_logits, train_head
 from .metrics import conversation_metrics
@@ -47,24 +46,17 @@ def user_logits(records: Sequence[dict[str, Any]], logits: Sequence[np.ndarray],
     return [lg[user_rows(record_messages(r), encoder, len(lg))] for r, lg in zip(records, logits, strict=True)]
 
 
-def with_alone_floor(ulogits: np.ndarray, alone: np.ndarray) -> np.ndarray:
-    """User-turn label logits `[n, 20]` floored as the runtime floors them (`core.with_alone_floor`) by the same
-    messages read alone (`alone`: `[n, 20]`); category and risk logits stay the trajectory's."""
-    n = min(len(ulogits), len(alone))
-    out = np.array(ulogits, np.float64)
-    floored = floor_action_scores(softmax(out[:n, :N_ACT]), softmax(np.asarray(alone[:n, :N_ACT], np.float64)))
-    out[:n, :N_ACT] = np.log(np.maximum(floored, 1e-12))
-    return out
-
-
-def fit_policy_for(records: Sequence[dict[str, Any]], ulogits: Sequence[np.ndarray], targets: dict[str, float]
-                   ) -> dict[str, float]:
+def fit_policy_for(records: Sequence[dict[str, Any]], ulogits: Sequence[np.ndarray], targets: dict[str, float],
+                   alone: Sequence[np.ndarray | None] | None = None) -> dict[str, float]:
     """Policy thresholds on a validation slice: the benign targets hold for single requests and for multi-turn
-    chats separately."""
+    chats separately; `alone` (per record, the user messages read alone) lets the flagged-refuse fit decide with the
+    runtime's monotone-escalation floor."""
     return fit_policy([softmax(lg[:, :N_ACT]) for lg in ulogits], [r["label"] for r in records],
                       targets["friction"], targets["over_refusal"],
                       [softmax(lg[:, N_ACT + N_CAT:])[:, 1] for lg in ulogits],
-                      groups=["multi" if is_multi_turn(r) else "single" for r in records])
+                      groups=["multi" if is_multi_turn(r) else "single" for r in records],
+                      val_alone=None if alone is None else
+                      [None if a is None else softmax(a[:, :N_ACT]) for a in alone])
 
 
 def items_for(records: Sequence[dict[str, Any]], actions: Sequence[list[str]]) -> list[dict[str, Any]]:
@@ -140,14 +132,13 @@ def _outside(record: dict[str, Any], fams: set[str]) -> bool:
 
 def monitor_logits(head: dict[str, np.ndarray], records: Sequence[dict[str, Any]], feats: Sequence[np.ndarray],
                    single_feats: Sequence[list[np.ndarray]] | None, encoder: MessageEncoder, layout: FeatureLayout,
-                   cfg: HeadConfig) -> list[np.ndarray]:
-    """User-turn label logits per record as the runtime reads them: the trajectory reading, floored by each
-    message read alone when `single_feats` (per record, per user message) are given."""
+                   cfg: HeadConfig) -> tuple[list[np.ndarray], list[np.ndarray | None] | None]:
+    """Per record, the user-turn label logits of the trajectory reading and (when `single_feats`, per record and
+    user message, are given) of each user message read alone: what the runtime's policy decides from."""
     ulogits = user_logits(records, record_logits(head, feats, layout, cfg), encoder)
     if single_feats is None:
-        return ulogits
-    return [with_alone_floor(u, np.concatenate(record_logits(head, s, layout, cfg))) if len(u) and len(s) else u
-            for u, s in zip(ulogits, single_feats, strict=True)]
+        return ulogits, None
+    return ulogits, [np.concatenate(record_logits(head, s, layout, cfg)) if len(s) else None for s in single_feats]
 
 
 def train_and_calibrate(records: Sequence[dict[str, Any]], idx: Sequence[int], feats: Sequence[np.ndarray],
@@ -164,7 +155,7 @@ def train_and_calibrate(records: Sequence[dict[str, Any]], idx: Sequence[int], f
     def head_on(sub: Sequence[int]) -> dict[str, np.ndarray]:
         return train_head(build_rows([records[i] for i in sub], [feats[i] for i in sub], encoder, layout, cfg), cfg)
 
-    def scores(head: dict[str, np.ndarray], sub: Sequence[int]) -> list[np.ndarray]:
+    def scores(head: dict[str, np.ndarray], sub: Sequence[int]) -> tuple[list[np.ndarray], list[Any] | None]:
         return monitor_logits(head, [records[i] for i in sub], [feats[i] for i in sub],
                               None if single_feats is None else [single_feats[i] for i in sub], encoder, layout, cfg)
 
@@ -172,16 +163,20 @@ def train_and_calibrate(records: Sequence[dict[str, Any]], idx: Sequence[int], f
         fit_recs, val_recs = split_validation([{**records[i], "_i": i} for i in idx], 0.15, cfg.seed)
         fit_i, val_i = [r["_i"] for r in fit_recs], [r["_i"] for r in val_recs]
         head = head_on(fit_i)
-        return head, fit_policy_for([records[i] for i in val_i], scores(head, val_i), targets)
+        val_u, val_alone = scores(head, val_i)
+        return head, fit_policy_for([records[i] for i in val_i], val_u, targets, val_alone)
     if cfg.calibration != "families":
         raise ValueError(f"unknown calibration {cfg.calibration!r}; expected 'rows' or 'families'")
     val_i: list[int] = []
     val_u: list[np.ndarray] = []
+    val_alone: list[Any] = []
     for group in family_groups(records, idx, cfg.calibration_groups):
         held = [i for i in idx if family(records[i]) in group]
         val_i += held
-        val_u += scores(head_on([i for i in idx if _outside(records[i], group)]), held)
-    return head_on(idx), fit_policy_for([records[i] for i in val_i], val_u, targets)
+        u, alone = scores(head_on([i for i in idx if _outside(records[i], group)]), held)
+        val_u += u
+        val_alone += alone if alone is not None else [None] * len(held)
+    return head_on(idx), fit_policy_for([records[i] for i in val_i], val_u, targets, val_alone)
 
 
 def run_fold(records: Sequence[dict[str, Any]], train_idx: Sequence[int], test_idx: Sequence[int],
@@ -191,10 +186,12 @@ def run_fold(records: Sequence[dict[str, Any]], train_idx: Sequence[int], test_i
     """Train on `train_idx` (and calibrate the policy there, see `train_and_calibrate`), evaluate on `test_idx`."""
     head, policy = train_and_calibrate(records, train_idx, feats, encoder, cfg, layout, targets, single_feats)
     test = [records[i] for i in test_idx]
-    test_u = monitor_logits(head, test, [feats[i] for i in test_idx], [single_feats[i] for i in test_idx], encoder,
-                            layout, cfg)
+    test_u, test_alone = monitor_logits(head, test, [feats[i] for i in test_idx],
+                                        [single_feats[i] for i in test_idx], encoder, layout, cfg)
+    assert test_alone is not None
     out = {"policy": policy, "head": head,
-           "monitor": items_for(test, [runtime_actions(lg, policy) if len(lg) else [] for lg in test_u])}
+           "monitor": items_for(test, [runtime_actions(lg, policy, al) if len(lg) else []
+                                       for lg, al in zip(test_u, test_alone, strict=True)])}
     singles = [record_logits(head, single_feats[i], layout, cfg) for i in test_idx]
     out["last_message"] = items_for(test, _single_actions(singles, policy))
     if reference is not None:

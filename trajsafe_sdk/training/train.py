@@ -30,16 +30,26 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def runtime_actions(logits: np.ndarray, thresholds: dict[str, float]) -> list[str]:
+def runtime_actions(logits: np.ndarray, thresholds: dict[str, float], alone: np.ndarray | None = None) -> list[str]:
     """Per user turn actions exactly as the runtime decides them (`trajsafe_sdk.policy.Policy`: ladder, risk
-    probe, sticky terminate, probe de-escalation) from label logits `[n_user_turns, 20]`."""
+    probe, monotone-escalation floor, flagged refuse, sticky terminate, probe de-escalation) from label logits
+    `[n_user_turns, 20]` and, for the floor, the logits of each user message read alone (`alone`, same shape)."""
     probs = softmax(logits[:, :N_ACT].astype(np.float64))
     risk = softmax(logits[:, N_ACT + N_CAT:].astype(np.float64))[:, 1]
-    policy = Policy.from_package(thresholds)
     cats = softmax(logits[:, N_ACT:N_ACT + N_CAT].astype(np.float64))
+    single = softmax(np.asarray(alone)[:, :N_ACT].astype(np.float64)) if alone is not None else None
+    return decide_turns(Policy.from_package(thresholds), probs, risk, cats, single)
+
+
+def decide_turns(policy: Policy, probs: np.ndarray, risk: np.ndarray, cats: np.ndarray | None = None,
+                 alone: np.ndarray | None = None) -> list[str]:
+    """The policy's action per user turn of one conversation (fresh state), from per-turn action probabilities,
+    risks, category probabilities and the alone readings' action probabilities (when given)."""
     state: dict[str, Any] = {}
-    return [policy.decide(Assessment(i, "user", probs[i], cats[i], float(risk[i]), 0, 0.0), state).action
-            for i in range(len(logits))]
+    cats = cats if cats is not None else np.tile(np.eye(N_CAT)[0], (len(probs), 1))
+    return [policy.decide(Assessment(i, "user", probs[i], cats[i], float(risk[i]), 0, 0.0,
+                                     alone_action_scores=alone[i] if alone is not None and i < len(alone) else None),
+                          state).action for i in range(len(probs))]
 
 
 def user_rows(msgs: list[Message], encoder: MessageEncoder, n_rows: int) -> list[int]:
@@ -50,7 +60,8 @@ def user_rows(msgs: list[Message], encoder: MessageEncoder, n_rows: int) -> list
 
 def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: float,
                target_over_refusal: float, val_risks: list[np.ndarray] | None = None,
-               groups: list[str] | None = None) -> dict[str, float]:
+               groups: list[str] | None = None, val_alone: list[np.ndarray | None] | None = None
+               ) -> dict[str, float]:
     """Thresholds maximising catch (then block) rate on a validation slice under friction/over-refusal targets.
 
     `val_probs[i]`: action probabilities `[n_user_turns, 5]` of conversation i; `val_risks[i]` its risks
@@ -110,27 +121,27 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     if risk_max is not None:
         policy["probe_risk"] = float(t_risk)
     risks = val_risks if val_risks is not None else [np.zeros(len(p)) for p in val_probs]
-    policy["flagged_refuse"] = fit_flagged_refuse(policy, val_probs, risks, benign_groups, target_over_refusal)
+    policy["flagged_refuse"] = fit_flagged_refuse(policy, val_probs, risks, benign_groups, target_over_refusal,
+                                                  val_alone)
     return policy
 
 
 def fit_flagged_refuse(policy: dict[str, float], val_probs: list[np.ndarray], val_risks: list[np.ndarray],
-                       benign_groups: list[np.ndarray], target_over_refusal: float) -> float:
+                       benign_groups: list[np.ndarray], target_over_refusal: float,
+                       val_alone: list[np.ndarray | None] | None = None) -> float:
     """The lowest P(>= refuse) that refuses a turn of an already flagged conversation (`Policy.flagged_refuse`)
-    while benign over-refusal stays within the target in every group; 1.1 (off) when none does."""
+    while benign over-refusal, decided as the runtime decides (floor included, from the alone readings'
+    action probabilities `val_alone`), stays within the target in every group; 1.1 (off) when none does."""
     benign = np.any(benign_groups, axis=0) if benign_groups else np.zeros(len(val_probs), bool)
     if not benign.any():
         return 1.1
-    cats = np.eye(N_CAT)[0]
-
     def over_refusal(t: float) -> float:
         pol = Policy.from_package({**policy, "flagged_refuse": t})
         refused = np.zeros(len(val_probs), bool)
         for i in np.flatnonzero(benign):
-            state: dict[str, Any] = {}
-            refused[i] = any(pol.decide(Assessment(k, "user", p, cats, float(r), 0, 0.0), state).action
-                             in ("refuse", "terminate") for k, (p, r) in enumerate(zip(val_probs[i], val_risks[i],
-                                                                                       strict=True)))
+            alone = val_alone[i] if val_alone is not None else None
+            refused[i] = any(a in ("refuse", "terminate")
+                             for a in decide_turns(pol, val_probs[i], val_risks[i], alone=alone))
         return max(float(refused[g].mean()) for g in benign_groups if g.any())
 
     for t in np.round(np.arange(0.3, min(policy["refuse"], 0.96), 0.05), 3):
