@@ -237,8 +237,9 @@ is kept here.
   category, soft cross-entropy over the risk pair.
 - policy thresholds fitted {_calibration_text(info['head_cfg'])}, for friction ≤ {info['targets']['friction']} and
   over-refusal ≤ {info['targets']['over_refusal']} among single requests and among multi-turn chats, reading as the
-  runtime does (each user message's reading floored by the same message read alone; a turn of an already flagged
-  conversation refused from `flagged_refuse`): `{json.dumps(info['policy'])}`
+  runtime does (in a conversation that already looks harmful, a user message's reading floored by the same
+  message read alone; a turn of an already flagged conversation refused from `flagged_refuse`):
+  `{json.dumps(info['policy'])}`
 - file: `monitor.{VARIANT}.onnx`, {info['file_mb']:.1f} MB, weight-only 4-bit, float32 activations and KV cache; one
   variant for the CPU and CUDA providers. Weight-only quantisation reads a token the same way however a
   conversation is batched or split into turns. Parity: {json.dumps(info['parity'])}
