@@ -66,13 +66,13 @@ def test_session_attaches_each_user_message_read_alone(which: str, request: pyte
     assert [a.message_index for a in got] == [a.message_index for a in trajectory]
     for ctx, a in zip(trajectory, got, strict=True):
         np.testing.assert_allclose(a.action_scores, ctx.action_scores, atol=1e-12)  # the trajectory reading
-        assert ctx.alone_action_scores is None
+        assert ctx.alone_scores() is None
         if ctx.role != "user":
-            assert a.alone_action_scores is None
+            assert a.alone_scores() is None
             continue
         alone = plain.score([CONVERSATION[ctx.message_index]])[0]
-        assert a.alone_action_scores is not None
-        np.testing.assert_allclose(a.alone_action_scores, alone.action_scores, atol=1e-5)
+        assert a.alone_action_scores is None  # read on demand only
+        np.testing.assert_allclose(a.alone_scores(), alone.action_scores, atol=1e-5)
     # read_alone is the same reading as scoring a one-message conversation, batched with another message
     logits = floored.read_alone([Message("user", CONVERSATION[5]["content"]), Message("user", "hi")])
     np.testing.assert_allclose(split_label_logits(logits[0])[0], plain.score([CONVERSATION[5]])[0].action_scores,
@@ -107,12 +107,12 @@ def test_floor_is_the_same_turn_by_turn_and_in_one_run_and_never_milder_in_a_fla
     turn_by_turn = [a for m in CONVERSATION for a in [session.append(m)] if a is not None]
     for a, b in zip(one_run, turn_by_turn, strict=True):
         np.testing.assert_allclose(a.action_scores, b.action_scores, atol=1e-4)
-        if a.alone_action_scores is not None:
-            np.testing.assert_allclose(a.alone_action_scores, b.alone_action_scores, atol=1e-4)
+        if a.alone_scores() is not None:
+            np.testing.assert_allclose(a.alone_scores(), b.alone_scores(), atol=1e-4)
     policy = Policy(thresholds={"probe": 1.1, "steer": 1.1, "refuse": 0.02, "terminate": 1.1})
     for a in one_run:
-        if a.role == "user" and a.alone_action_scores is not None:
-            alone = policy.decide(dataclasses.replace(a, action_scores=a.alone_action_scores,
+        if a.role == "user" and a.alone_scores() is not None:
+            alone = policy.decide(dataclasses.replace(a, action_scores=a.alone_scores(),
                                                       alone_action_scores=None), {})
             in_context = policy.decide(a, {"flagged": True})
             assert SEVERITY[in_context.action] >= SEVERITY[alone.action]
@@ -161,8 +161,8 @@ def test_fit_flagged_refuse_keeps_benign_over_refusal_within_target() -> None:
         benign.append(not harmful)
     groups = [np.asarray(benign)]
     t = fit_flagged_refuse(policy, probs, [np.zeros(2)] * 200, groups, 0.05)
-    assert 0.3 <= t < 0.9
+    assert 0.5 <= t < 0.9
     refused = [p[1, 3] >= t for p, b in zip(probs, benign, strict=True) if b]
     assert np.mean(refused) <= 0.05
-    assert t - 0.05 < 0.3 or np.mean([p[1, 3] >= t - 0.05 for p, b in zip(probs, benign, strict=True) if b]) > 0.05
+    assert t - 0.05 < 0.5 or np.mean([p[1, 3] >= t - 0.05 for p, b in zip(probs, benign, strict=True) if b]) > 0.05
     assert ACTIONS[3] == "refuse"

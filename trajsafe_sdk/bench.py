@@ -348,8 +348,8 @@ class OursCached(Method):
 
 
 class OursFloored(OursCached):
-    """`OursCached` plus the monotone-escalation floor's cache-free read of the new message alone
-    (`Monitor(alone_floor=True)`, the default: what a session pays per user turn)."""
+    """`OursCached` plus the monotone-escalation floor's cache-free read of the new message alone: what a user turn
+    costs once its conversation already looks harmful (the policy asks for the alone reading only there)."""
 
     def prepare(self, prefix: np.ndarray, new: np.ndarray) -> tuple[Run, Run]:
         run, reset = super().prepare(prefix, new)
@@ -702,7 +702,7 @@ def methods(models: Models) -> list[Method]:
     for variant, monitor in models.package.items():
         out.append(OursCached(monitor, f"package:{variant}", f"ours on the trained package ({variant})", "package"))
         out.append(OursFloored(monitor, f"package+floor:{variant}",
-                               f"the trained package with the alone floor ({variant}; the session default)",
+                               f"the trained package plus the alone read ({variant}; turns of flagged chats)",
                                "package"))
         if not models.ours:
             out.append(Reencode(monitor, f"reencode:{variant}", f"re-encode whole conversation (package {variant})"))

@@ -17,9 +17,10 @@ Fail closed: label logits that are not finite (NaN, or inf from an fp16 overflow
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,6 +58,14 @@ class Assessment:
     latency_ms: float
     partial: bool = False
     alone_action_scores: np.ndarray | None = None  # the same user message read alone (Monitor.alone_floor)
+    alone_reader: Callable[[], np.ndarray] | None = field(default=None, compare=False)  # reads it on demand
+
+    def alone_scores(self) -> np.ndarray | None:
+        """Action scores of this message read alone: as given, or read now (once) by `alone_reader`; None when
+        there is nothing to read (not a user message after the first, or `Monitor(alone_floor=False)`)."""
+        if self.alone_action_scores is None and self.alone_reader is not None:
+            self.alone_action_scores, self.alone_reader = self.alone_reader(), None
+        return self.alone_action_scores
 
     @property
     def category(self) -> str:
@@ -244,9 +253,9 @@ def floor_action_scores(context: np.ndarray, alone: np.ndarray) -> np.ndarray:
 class Monitor:
     """A loaded monitor package on one ONNX Runtime session (thread-safe to share).
 
-    `alone_floor` (default on): every user message after the first is also read alone (batched, cache-free; one more
-    run per turn) and its action scores are attached to the Assessment (`alone_action_scores`); the policy floors a
-    conversation that already looks harmful with them (`Policy.decide`).
+    `alone_floor` (default on): every user Assessment after a conversation's first message can read its message
+    alone (`Assessment.alone_scores()`, one more cache-free run, done only when asked): the policy floors a
+    conversation that already looks harmful with it (`Policy.decide`).
     """
 
     def __init__(self, package: MonitorPackage, provider: str = "auto", variant: str | None = None,
@@ -543,19 +552,15 @@ class TrajectorySession:
 
     @staticmethod
     def _floor_alone(sessions: Sequence[TrajectorySession], results: list[list[Assessment]]) -> None:
-        """Attach to each new user Assessment (but a conversation's very first message, already read alone) the
-        action scores of the same message read alone."""
-        todo = [(i, j) for i, got in enumerate(results) for j, a in enumerate(got)
-                if a.role == "user" and not a.partial and a.message_index > 0]
-        if not todo:
-            return
-        started = time.perf_counter()
-        alone = sessions[0].monitor.read_alone([sessions[i].messages[results[i][j].message_index] for i, j in todo])
-        extra = (time.perf_counter() - started) * 1000 / len(todo)
-        for (i, j), logits in zip(todo, alone, strict=True):
-            a = results[i][j]
-            results[i][j] = dataclasses.replace(a, alone_action_scores=split_label_logits(logits)[0],
-                                                latency_ms=a.latency_ms + extra)
+        """Give each new user Assessment (but a conversation's very first message, already read alone) a reader of
+        the same message alone; the policy calls it only where the monotone-escalation floor can bind."""
+        monitor = sessions[0].monitor
+        for i, got in enumerate(results):
+            for j, a in enumerate(got):
+                if a.role == "user" and not a.partial and a.message_index > 0:
+                    message = sessions[i].messages[a.message_index]
+                    got[j] = dataclasses.replace(a, alone_reader=functools.partial(_alone_action_scores, monitor,
+                                                                                   message))
 
     def _ensure_resident(self) -> None:
         """Rebuild the cache from the transcript after an eviction (or create it)."""
@@ -740,6 +745,10 @@ class TrajectorySession:
             self.messages, self.spans, self.state = [], [], {}
             if self.cache is not None:
                 self.cache.truncate(0)
+
+
+def _alone_action_scores(monitor: Monitor, message: Message) -> np.ndarray:
+    return split_label_logits(monitor.read_alone([message])[0])[0]
 
 
 def _state_before(state: dict[str, Any], messages: Sequence[Message]) -> dict[str, Any]:

@@ -101,10 +101,11 @@ class Policy:
     def decide(self, assessment: Assessment, state: dict[str, Any] | None = None, stage: str = "input") -> Decision:
         """A Decision for `assessment`; `state` (per conversation) carries termination and probe history."""
         state = state if state is not None else {}
-        if stage == "input" and assessment.alone_action_scores is not None \
-                and (state.get("flagged") or state.get("max_risk", 0.0) >= self.floor_risk):
-            assessment = dataclasses.replace(assessment, action_scores=floor_action_scores(
-                assessment.action_scores, assessment.alone_action_scores))
+        if stage == "input" and (state.get("flagged") or state.get("max_risk", 0.0) >= self.floor_risk):
+            alone = assessment.alone_scores()  # read here, only where the floor can bind
+            if alone is not None:
+                assessment = dataclasses.replace(assessment, action_scores=floor_action_scores(
+                    assessment.action_scores, alone))
         action = self.ladder_action(assessment)
         category = assessment.category
         reason = ""

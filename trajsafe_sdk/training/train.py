@@ -126,6 +126,10 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     return policy
 
 
+FLAGGED_REFUSE_MIN = 0.5  # after a flag, refuse only where refusing is the monitor's more likely reading: lower
+# values that hold the over-refusal target in-distribution refused too many benign chats of unseen sources
+
+
 def fit_flagged_refuse(policy: dict[str, float], val_probs: list[np.ndarray], val_risks: list[np.ndarray],
                        benign_groups: list[np.ndarray], target_over_refusal: float,
                        val_alone: list[np.ndarray | None] | None = None) -> float:
@@ -144,7 +148,7 @@ def fit_flagged_refuse(policy: dict[str, float], val_probs: list[np.ndarray], va
                              for a in decide_turns(pol, val_probs[i], val_risks[i], alone=alone))
         return max(float(refused[g].mean()) for g in benign_groups if g.any())
 
-    for t in np.round(np.arange(0.3, min(policy["refuse"], 0.96), 0.05), 3):
+    for t in np.round(np.arange(FLAGGED_REFUSE_MIN, min(policy["refuse"], 0.96), 0.05), 3):
         if over_refusal(float(t)) <= target_over_refusal:
             return float(t)
     return 1.1
