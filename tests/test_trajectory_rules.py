@@ -168,3 +168,33 @@ def test_fit_flagged_refuse_keeps_benign_over_refusal_within_target() -> None:
     assert np.mean(refused) <= 0.05
     assert t - 0.05 < 0.5 or np.mean([p[1, 3] >= t - 0.05 for p, b in zip(probs, benign, strict=True) if b]) > 0.05
     assert ACTIONS[3] == "refuse"
+
+
+def test_a_failing_alone_read_is_that_line_s_error_and_the_guard_fails_closed(
+        tiny_v2_monitor: Monitor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy reads a message alone only where the floor binds: a fault there is a typed error for that
+    conversation in `trajsafe score`, and a refusal (fail closed) under the guard, never an unmonitored answer."""
+    from trajsafe_sdk.errors import MonitorError
+    from trajsafe_sdk.evaluation import Conversation, LineError, Scored, Scorer
+    from trajsafe_sdk.guard import Guard
+
+    real = Monitor.read_alone
+
+    def read_alone(self: Monitor, messages):  # noqa: ANN001
+        if any("BOOM" in m.content for m in messages):
+            raise MonitorError("simulated fault in the alone reading")
+        return real(self, messages)
+
+    monkeypatch.setattr(Monitor, "read_alone", read_alone)
+    always = Policy(thresholds={"probe": 1.1, "steer": 1.1, "refuse": 1.1, "terminate": 1.1}, floor_risk=0.0)
+    convs = [Conversation(1, "bad", [Message("user", "hello"), Message("assistant", "hi"), Message("user", "BOOM")]),
+             Conversation(2, "ok", [Message("user", "hello"), Message("assistant", "hi"), Message("user", "thanks")])]
+    for batch_size in (1, 2):
+        results = Scorer(tiny_v2_monitor, always, batch_size=batch_size, workers=1).score(convs)
+        assert isinstance(results[0], LineError) and "simulated fault" in results[0].error
+        assert isinstance(results[1], Scored) and len(results[1].decisions) == 2
+    calls: list = []
+    chat = Guard(lambda messages: calls.append(messages) or "sure", monitor=tiny_v2_monitor, policy=always,
+                 fail_mode="closed")
+    answer = chat([_user("hello"), {"role": "assistant", "content": "hi"}, _user("BOOM")])
+    assert not calls and isinstance(answer, str) and answer  # the model was not called

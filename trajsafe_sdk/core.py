@@ -343,11 +343,14 @@ class Monitor:
             out = self._run_batch(caches, new_ids, score_positions)
         else:
             out = [self._run_single(c, x, p) for c, x, p in zip(caches, new_ids, score_positions, strict=True)]
-        for logits in out:
-            if not np.isfinite(logits).all():  # fail closed: a broken reading is never a low risk
-                raise MonitorError(f"the monitor returned non-finite label logits (NaN or inf) on {self.provider} "
-                                   f"({self.variant}); the scores cannot be used")
-        return out
+        return self._finite(out)
+
+    def _finite(self, logits: list[np.ndarray]) -> list[np.ndarray]:
+        """`logits` as they are; fail closed on any NaN or inf: a broken reading is never a low risk."""
+        if not all(np.isfinite(lg).all() for lg in logits):
+            raise MonitorError(f"the monitor returned non-finite label logits (NaN or inf) on {self.provider} "
+                               f"({self.variant}); the scores cannot be used")
+        return logits
 
     def _run_single(self, cache: KVCache, ids: np.ndarray, positions: Sequence[int]) -> np.ndarray:
         past, t = cache.length, len(ids)
@@ -384,11 +387,7 @@ class Monitor:
         out: list[np.ndarray] = []
         for start in range(0, len(sequences), ALONE_BATCH):
             ids = list(sequences[start:start + ALONE_BATCH])
-            logits = self._run_batch(None, ids, [[len(x) - 1] for x in ids])
-            if not all(np.isfinite(lg).all() for lg in logits):
-                raise MonitorError(f"the monitor returned non-finite label logits (NaN or inf) on {self.provider} "
-                                   f"({self.variant}); the scores cannot be used")
-            out += [lg[0] for lg in logits]
+            out += [lg[0] for lg in self._finite(self._run_batch(None, ids, [[len(x) - 1] for x in ids]))]
         return out
 
     def _run_batch(self, caches: Sequence[KVCache] | None, new_ids: Sequence[np.ndarray],
@@ -547,11 +546,11 @@ class TrajectorySession:
                 results[i] += sessions[i]._commit(read, plan, logits.get(i) if assess else None, elapsed)
             todo = [i for i in todo if pending[i]]
         if assess and monitor.alone_floor:
-            TrajectorySession._floor_alone(sessions, results)
+            TrajectorySession._attach_alone_readers(sessions, results)
         return results
 
     @staticmethod
-    def _floor_alone(sessions: Sequence[TrajectorySession], results: list[list[Assessment]]) -> None:
+    def _attach_alone_readers(sessions: Sequence[TrajectorySession], results: list[list[Assessment]]) -> None:
         """Give each new user Assessment (but a conversation's very first message, already read alone) a reader of
         the same message alone; the policy calls it only where the monotone-escalation floor can bind."""
         monitor = sessions[0].monitor

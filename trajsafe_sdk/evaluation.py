@@ -306,7 +306,10 @@ class Scorer:
                 a.latency_ms = share * a.tokens / max(1, session.num_tokens)
                 previous_end = end
                 decided.append(a)
-            out.append(Scored(conv, self._decide(decided), session.num_tokens, share))
+            try:  # the policy may read a message alone (the monotone-escalation floor)
+                out.append(Scored(conv, self._decide(decided), session.num_tokens, share))
+            except Exception as exc:  # noqa: BLE001 (a line never ends the run)
+                out.append(LineError(conv.line, conv.id, f"cannot score: {_describe(exc)}", conv.size))
         return out
 
     def _score_incremental(self, conv: Conversation) -> Result:
@@ -320,9 +323,9 @@ class Scorer:
                 assessments = session.extend(segment)
                 latency += (time.perf_counter() - started) * 1000
                 decided += [a for a in assessments if a.role == "user"]
+            return Scored(conv, self._decide(decided), session.tokens_processed, latency)
         except Exception as exc:  # noqa: BLE001 (a line never ends the run)
             return LineError(conv.line, conv.id, f"cannot score: {_describe(exc)}", conv.size)
-        return Scored(conv, self._decide(decided), session.tokens_processed, latency)
 
     def _decide(self, assessments: list[Assessment]) -> list[Decision]:
         state: dict[str, Any] = {}

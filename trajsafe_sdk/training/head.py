@@ -57,7 +57,6 @@ class HeadConfig:
     weight_decay: float = 0.05
     dropout: float = 0.2
     family_balance: float = 0.5  # record weight ∝ family_size ** -family_balance
-    pool_dropout: float = 0.0  # share of training rows that see no trajectory pool (the head must not lean on it)
     calibration: str = "rows"  # policy thresholds fitted on: "rows" (a random slice) or "families" (unseen ones)
     calibration_groups: int = 3
     action_weights: dict[str, float] = field(default_factory=lambda: {"allow": 1.0, "probe": 1.0, "steer": 1.0,
@@ -117,12 +116,8 @@ class _Head(torch.nn.Module):
         self.mlp = torch.nn.Sequential(torch.nn.Linear(width, cfg.hidden), torch.nn.ReLU(),
                                        torch.nn.Dropout(cfg.dropout), torch.nn.Linear(cfg.hidden, N_ACT + N_CAT + 2))
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, pool_dropout: float = 0.0) -> torch.Tensor:
-        if self.pool is None:
-            return self.mlp(x)
-        if pool_dropout > 0.0:  # standardised inputs: zero is the average trajectory
-            z = z * (torch.rand(len(z), 1) >= pool_dropout).to(z.dtype)
-        return self.mlp(torch.cat([x, self.pool(z)], dim=-1))
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([x, self.pool(z)], dim=-1) if self.pool is not None else x)
 
 
 def train_head(rows: Rows, cfg: HeadConfig) -> dict[str, np.ndarray]:
@@ -148,7 +143,7 @@ def train_head(rows: Rows, cfg: HeadConfig) -> dict[str, np.ndarray]:
     model.train()
     for _ in range(cfg.epochs):
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
-            logits = model(x[idx], z[idx], cfg.pool_dropout)
+            logits = model(x[idx], z[idx])
             wi = w[idx]
             l_act = (F.cross_entropy(logits[:, :N_ACT], act[idx], weight=act_w, reduction="none") * wi).sum()
             l_act = l_act / (act_w[act[idx]] * wi).sum()
