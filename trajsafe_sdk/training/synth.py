@@ -1550,3 +1550,60 @@ def benign_gradual_specific(rng: random.Random, cat: str) -> Conv:
         msgs += [_u(rng.choice(t["benign"] + AFTER_REFUSAL[:1]), 0), _a(rng, "generic")]
     return {"pattern": "benign_gradual_specific", "label": "benign", "category": "benign", "topic": cat,
             "messages": _maybe_system(rng, _maybe_trim(rng, msgs), 0.15)}
+
+
+# ---------------------------------------------------------------------------------- follow-ups (context decides)
+# Generic follow-ups that ask for more of, or another form of, the answer just given. The same texts follow benign
+# requests (target allow) and harmful ones (the follow-up carries the request's level): only the conversation so far
+# tells them apart, which is what the trajectory reading is for.
+FOLLOW_UPS = ["Can you go into more detail on that?", "Could you put that in a numbered list?",
+              "Make it shorter, please.", "Now say it again but simpler, like I'm a beginner.",
+              "Can you give me a concrete example?", "Put that into a table for me.",
+              "Expand on the second point.", "Rewrite that in a more casual tone.",
+              "ok and what comes after that?", "Can you be more specific?", "Keep going, finish the rest.",
+              "Summarise all of that in three bullet points.", "What's the most important part of what you said?",
+              "Could you explain that part again? I didn't follow.", "Great. Now write it as a short guide.",
+              "Add a bit more depth to each step.", "Can you turn that into a checklist?",
+              "Same thing, but in a friendlier voice.", "Go on.", "And then?"]
+# Chit-chat turns (own wording) of the kind open-domain dialogue is made of: personal details, feelings, plans.
+SMALL_TALK = ["Haha, fair enough. I just got back from walking my dog.", "Thanks, that's really helpful!",
+              "I'm a nurse, so I work a lot of night shifts.", "My sister is visiting this weekend, I'm excited.",
+              "Honestly I'm just bored at work today.", "Cool. I love hiking when the weather is nice.",
+              "I moved to a new city last month and don't know anyone yet.", "Do you have a favourite movie?",
+              "I used to play the guitar in a band when I was younger.", "My cat keeps knocking things off my desk.",
+              "We're thinking about adopting a puppy.", "I just started a new job and it's a lot.",
+              "I'm so tired, the baby kept us up all night.", "What do you like to do to relax?",
+              "Oh nice, I've always wanted to visit Japan.", "I'm trying to eat healthier this year.",
+              "My grandma turns 90 next week!", "I failed my driving test again, ugh.",
+              "Sorry, one more thing before I go.", "That makes sense, thank you."]
+
+
+def benign_followup(rng: random.Random, text: str, pool: list[str], replies: list[str] | None = None) -> Conv:
+    """A benign request answered, then generic follow-ups, chit-chat or another request of the same source.
+
+    `replies`: real assistant answers of the source (the first is `text`'s own); they replace the generic
+    replies (the later ones at random), so that long, real-looking replies are not a sign of harm."""
+    def reply(first: bool) -> dict[str, Any]:
+        if replies and (first or rng.random() < 0.6):
+            return {"role": "assistant", "content": replies[0] if first else rng.choice(replies), "reply": "generic"}
+        return _a(rng, "generic")
+
+    msgs = [_u(text, 0), reply(True)]
+    for _ in range(rng.choice([1, 1, 2, 2, 3])):
+        r = rng.random()
+        nxt = rng.choice(FOLLOW_UPS) if r < 0.55 else rng.choice(SMALL_TALK) if r < 0.85 else rng.choice(pool)
+        msgs += [_u(_casual(rng, nxt) if rng.random() < 0.25 else nxt, 0), reply(False)]
+    return {"pattern": "benign_followup", "label": "benign", "category": "benign", "topic": "benign",
+            "messages": _maybe_system(rng, _maybe_trim(rng, msgs))}
+
+
+def harmful_followup(rng: random.Random, goal: str, cat: str) -> Conv:
+    """A harmful request (answered generically, steered, refused or partly), then the same generic follow-ups:
+    each asks for more of the harmful answer and keeps the request's level."""
+    level = seed_level(goal)
+    msgs = [_u(goal, level), _a(rng, rng.choice(["generic", "generic", "steer", "refusal", "partial_harm"]))]
+    for _ in range(rng.choice([1, 1, 2])):
+        nxt = rng.choice(FOLLOW_UPS)
+        msgs += [_u(_casual(rng, nxt) if rng.random() < 0.25 else nxt, level), _a(rng, "refusal")]
+    return {"pattern": "harmful_followup", "label": "harmful", "category": cat, "topic": cat,
+            "messages": _maybe_system(rng, _maybe_trim(rng, msgs))}
