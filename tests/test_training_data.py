@@ -438,23 +438,3 @@ def test_held_out_hard_cases_are_not_in_the_corpus() -> None:
     corpus = build_corpus(DATA_DIR, seed=0)
     seen = {norm_key(m["content"]) for split in corpus.values() for r in split for m in r["messages"]}
     assert held_out and not held_out & seen
-
-
-def test_followups_are_labelled_by_context() -> None:
-    """The same generic follow-up texts follow benign requests (allow throughout) and harmful ones (the follow-up
-    keeps the harmful request's action): the text alone carries no label, the conversation does."""
-    rng = random.Random(7)
-    followups = set(synth.FOLLOW_UPS)
-    benign_seen: set[str] = set()
-    harmful_seen: set[str] = set()
-    for cat in synth.HARM_CATEGORIES:
-        for _ in range(20):
-            b = synth.benign_followup(rng, "How do I bake sourdough bread?", synth.ORDINARY)
-            assert b["label"] == "benign" and {t["action"] for t in label_conversation(b)} == {"allow"}
-            benign_seen |= {m["content"] for m in b["messages"] if m["role"] == "user"} & followups
-            h = synth.harmful_followup(rng, SEED, cat)
-            users = [t for t in label_conversation(h) if h["messages"][t["message_index"]]["role"] == "user"]
-            assert h["label"] == "harmful" and len(users) >= 2
-            assert all(t["action"] in ("refuse", "terminate") for t in users[1:])
-            harmful_seen |= {m["content"] for m in h["messages"] if m["role"] == "user"} & followups
-    assert len(benign_seen & harmful_seen) >= len(followups) // 2

@@ -100,8 +100,7 @@ SYNTH_BENIGN_RANGE = (600, 1500)  # classic benign synthetic conversations (same
 N_NEW = {"jailbreak": 800, "plain": 450, "plain_intent": 150, "marker_harmful": 350, "explicit_after_steer": 350,
          "monotone": 350, "gradual_specific": 350, "intent_contrast_harmful": 360, "lookalike_single": 550,
          "lookalike_multi": 500, "fp_recovery": 600, "marker_benign": 400, "wrapper_benign": 400,
-         "intent_contrast_benign": 480, "benign_gradual_specific": 360, "followup_harmful": 500,
-         "followup_benign": 500}
+         "intent_contrast_benign": 480, "benign_gradual_specific": 360}
 MAX_SEED_WORDS = 60  # seeds wrapped by the v2 generators (keeps multi-turn conversations short)
 
 
@@ -174,10 +173,6 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
     for it in benign_req:
         if it.source in STITCH_SOURCES and len(it.text.split()) <= 40:
             pools[split_of(it.item_id)].setdefault(it.source, []).append(it.text)
-    answered: dict[str, dict[str, list[tuple[str, str]]]] = {"train": {}, "dev": {}}  # (request, its own answer)
-    for it in benign_req:
-        if it.meta.get("reply") and len(it.text.split()) <= 60:
-            answered[split_of(it.item_id)].setdefault(it.source, []).append((it.text, it.meta["reply"]))
     switch_pool = {s: [t for src in ("clinc150", "hwu64", "self_instruct", "oasst_eval", "gsm8k", "truthfulqa")
                        for t in p.get(src, [])] for s, p in pools.items()}
 
@@ -234,7 +229,6 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         [t for t in same_cat.get((split_of(it.item_id), source_family(it.source), it.category), []) if t != it.text]))
     around_seeds("gradual_specific", n_new["gradual_specific"],
                  lambda r, it: synth.gradual_specific(r, it.text, it.category))
-    around_seeds("followup", n_new["followup_harmful"], lambda r, it: synth.harmful_followup(r, it.text, it.category))
     for k in range(n_new["intent_contrast_harmful"]):
         sid = f"synth-intent-harmful-{k:05d}"
         cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
@@ -269,18 +263,6 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         src = rng.choice(sorted(s for s in src_pool if len(src_pool[s]) >= 4))
         conv = synth.stitched_benign(rng, rng.sample(src_pool[src], rng.choice([2, 2, 3, 4])))
         emit(conv, sid, src, Item(sid, src, "benign_request").license, sid, split)
-    for k in range(n_new["followup_benign"]):
-        sid = f"followup-{k:05d}"
-        rng = _rng(seed, sid)
-        src_pool, qa = pools[split_of(sid)], answered[split_of(sid)]
-        if qa and rng.random() < 0.6:  # a request with its source's own answer; later replies in that style
-            src = rng.choice(sorted(qa))
-            text, reply = rng.choice(qa[src])
-            conv = synth.benign_followup(rng, text, [t for t, _ in qa[src]], [reply] + [r for _, r in qa[src]])
-        else:
-            src = rng.choice(sorted(s for s in src_pool if len(src_pool[s]) >= 4))
-            conv = synth.benign_followup(rng, rng.choice(src_pool[src]), src_pool[src])
-        emit(conv, sid, src, Item(sid, src, "benign_request").license, sid)
     for k in range(n_scary_single):
         sid = f"synth-scary-single-{k:05d}"
         emit(synth.scary_benign_single(_rng(seed, sid)), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)

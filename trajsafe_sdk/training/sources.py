@@ -793,9 +793,6 @@ def load_harmful_dialogues(data_dir: Path) -> list[Item]:
 
 
 # -------------------------------------------------------------------------------------------- benign requests
-REPLY_WORDS = 80  # a source's own answer to a benign request, kept as a realistic assistant reply (meta["reply"])
-
-
 def _benign(source: str, item_id: str, text: str, **meta: Any) -> Item | None:
     text = _clean(text)
     if not text or len(text) < 4:
@@ -832,16 +829,14 @@ def _benign_requests(d: Path) -> Iterable[Item | None]:
                 inst = row.get("instances") or [{}]
                 inp = _clean(inst[0].get("input", ""))
                 text = row["instruction"] + ("\n" + inp if inp and len(inp) < 400 else "")
-                yield _benign("self_instruct", f"self_instruct-{row['id']}", text, scary=False,
-                              reply=_truncate_words(_clean(inst[0].get("output", "")), REPLY_WORDS))
+                yield _benign("self_instruct", f"self_instruct-{row['id']}", text, scary=False)
     for fname, tag in (("codegen-instruct.json", "code"), ("roleplay-simple-deduped-roleplay-instruct.json", "rp")):
         p = d / "gpteacher" / fname
         if _exists(p):
             for i, row in enumerate(_read_json(p)):
                 inp = _clean(row.get("input", ""))
                 text = row["instruction"] + ("\n" + inp if inp and len(inp) < 400 else "")
-                yield _benign("gpteacher", f"gpteacher-{tag}-{i:05d}", text, scary=False,
-                              reply=_truncate_words(_clean(row.get("response", "")), REPLY_WORDS))
+                yield _benign("gpteacher", f"gpteacher-{tag}-{i:05d}", text, scary=False)
     p = d / "coconot_contrast" / "coconot_contrast_eval.jsonl"
     if _exists(p):
         for row in _read_jsonl(p):
