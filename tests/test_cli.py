@@ -486,3 +486,27 @@ def test_the_package_leave_source_out_figures_are_quoted(tiny_package: Path) -> 
     assert quoted is not None and quoted["protocol"].startswith("leave-source-out")
     assert "catch" in quoted["text"] and "friction" in quoted["text"]
     assert package_evaluation(MonitorPackage.load(tiny_package)) is None
+
+
+def test_the_seed_spread_is_quoted_with_the_figures() -> None:
+    """A package that records its leave-source-out figures under several seeds gets their min-max quoted too."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("onnx", reason="the training extra builds the spread")
+    from trajsafe_sdk.cli import package_evaluation
+    from trajsafe_sdk.training.build_default import seed_spread
+
+    def pooled(catch: float) -> dict:
+        rates = {"catch_rate": catch, "over_refusal": 0.1, "friction": 0.2}
+        return {"harmful_multi_turn": rates, "harmful_single_turn": rates, "benign": rates,
+                "benign_multi_turn": rates}
+
+    spread = seed_spread({2: pooled(0.8), 0: pooled(0.9), 1: pooled(0.85)})
+    assert spread["seeds"] == [0, 1, 2] and spread["multi-turn catch"]["values"] == [0.9, 0.85, 0.8]
+    assert (spread["multi-turn catch"]["min"], spread["multi-turn catch"]["max"]) == (0.8, 0.9)
+    manifest = {"evaluation": {"protocol": "leave-source-out", "monitor": {"pooled": pooled(0.9)},
+                               "seed_spread": spread}}
+    quoted = package_evaluation(SimpleNamespace(manifest=manifest))
+    assert quoted is not None and "seeds 0, 1, 2: multi-turn catch 0.800-0.900" in quoted["text"]
+    one_seed = {"evaluation": {**manifest["evaluation"], "seed_spread": seed_spread({0: pooled(0.9)})}}
+    assert "seeds" not in package_evaluation(SimpleNamespace(manifest=one_seed))["text"]

@@ -386,7 +386,13 @@ def package_evaluation(package: Any) -> dict[str, Any] | None:
     text = (f"catch {rate('harmful_multi_turn', 'catch_rate')} (multi-turn harmful), "
             f"{rate('harmful_single_turn', 'catch_rate')} (single-turn harmful); over-refusal "
             f"{rate('benign', 'over_refusal')}, friction {rate('benign', 'friction')} (benign)")
-    return {"protocol": ev.get("protocol", "leave-source-out"), "pooled": pooled, "text": text}
+    spread = ev.get("seed_spread")
+    if isinstance(spread, dict) and len(spread.get("seeds") or []) >= 2:
+        ranges = [f"{name} {fig['min']:.3f}-{fig['max']:.3f}" for name, fig in spread.items()
+                  if isinstance(fig, dict) and isinstance(fig.get("min"), float) and isinstance(fig.get("max"), float)]
+        text += f"; min-max over seeds {', '.join(map(str, spread['seeds']))}: {', '.join(ranges)}"
+    return {"protocol": ev.get("protocol", "leave-source-out"), "pooled": pooled, "text": text,
+            "seed_spread": spread if isinstance(spread, dict) else None}
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -162,6 +162,33 @@ def _pooled_table(report: dict[str, Any]) -> str:
     return "\n".join([head, *rows])
 
 
+SPREAD_FIGURES = (("multi-turn catch", "harmful_multi_turn", "catch_rate"),
+                  ("single-turn catch", "harmful_single_turn", "catch_rate"),
+                  ("over-refusal", "benign", "over_refusal"), ("friction", "benign", "friction"))
+
+
+def seed_spread(pooled_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The monitor's pooled leave-source-out figures under each seed (head initialisation and order, validation
+    slice, hence policy): per figure, the value for every seed, and min / max."""
+    out: dict[str, Any] = {"seeds": sorted(pooled_by_seed)}
+    for name, group, metric in SPREAD_FIGURES:
+        values = [pooled_by_seed[s][group][metric] for s in out["seeds"]]
+        known = [v for v in values if v is not None]
+        out[name] = {"values": values, "min": min(known, default=None), "max": max(known, default=None)}
+    return out
+
+
+def _spread_text(spread: dict[str, Any] | None) -> str:
+    if not spread or len(spread["seeds"]) < 2:
+        return "One seed was run: the spread between seeds was not measured (`--loso-seeds`)."
+    ranges = "; ".join(f"{name} {_fmt(spread[name]['min'])}–{_fmt(spread[name]['max'])}"
+                       for name, _, _ in SPREAD_FIGURES)
+    return (f"The same evaluation under seeds {', '.join(map(str, spread['seeds']))}. Each seed changes the head's "
+            f"initialisation and data order, and the validation slice the policy is fitted on. Monitor, pooled "
+            f"(min–max): {ranges}. The tables show the first seed. Differences between variants smaller than this "
+            f"spread are not evidence.")
+
+
 def compact_evaluation(report: dict[str, Any]) -> dict[str, Any]:
     """The leave-source-out figures kept in monitor.json (quoted by `trajsafe info` and `trajsafe eval`)."""
     def rates(m: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +199,8 @@ def compact_evaluation(report: dict[str, Any]) -> dict[str, Any]:
                         "evaluated; pooled over the held-out families",
             **{k: {"pooled": {p: rates(v) for p, v in report[k]["pooled"].items()},
                    "families": {f: rates(v) for f, v in report[k]["families"].items()}}
-               for k in ("monitor", "last_message", "reference") if k in report}}
+               for k in ("monitor", "last_message", "reference") if k in report},
+            **({"seed_spread": report["seed_spread"]} if "seed_spread" in report else {})}
 
 
 def _calibration_text(head_cfg: dict[str, Any]) -> str:
@@ -188,8 +216,9 @@ def render_card(info: dict[str, Any]) -> str:
                  f"| {n} |" for src, (n, lic) in sorted(info["sources"].items())]
     arch = info["arch"]
     loso = info["loso"]
-    loso_text = (f"{_pooled_table(loso)}\n\nPer family (the reading of the held-out family by a model and policy that "
-                 f"never saw it):\n\n{_loso_table(loso)}" if loso else "not run (smoke build)")
+    spread = _spread_text(loso.get("seed_spread")) if loso else ""
+    loso_text = (f"{_pooled_table(loso)}\n\n{spread}\n\nPer family (the reading of the held-out family by a model "
+                 f"and policy that never saw it):\n\n{_loso_table(loso)}" if loso else "not run (smoke build)")
     return f"""# TrajSafe default monitor v2 — model card
 
 **Trunk:** the first {arch['num_layers'] - 1} decoder layers of SmolLM2-135M-Instruct (Hugging Face TB, **Apache-2.0**),
@@ -286,12 +315,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="fit the policy thresholds on a random validation slice (rows; default) or on families the "
                         "scoring head has not seen (families: the targets hold on new sources, at lower catch; "
                         "about 4x the head training)")
+    p.add_argument("--loso-seeds", default="1,2",
+                   help="comma-separated further seeds for the leave-source-out evaluation (the spread in the card); "
+                        "'' for none")
     p.add_argument("--friction", type=float, default=POLICY_TARGETS["friction"], help="policy target")
     p.add_argument("--over-refusal", type=float, default=POLICY_TARGETS["over_refusal"], help="policy target")
     args = p.parse_args(argv)
     build(args.data_dir, args.out, seed=args.seed, smoke=args.smoke, work=args.work, loso=not args.no_loso,
           head_cfg=HeadConfig(seed=args.seed, calibration=args.calibration),
           targets={"friction": args.friction, "over_refusal": args.over_refusal},
+          loso_seeds=tuple(int(s) for s in args.loso_seeds.split(",") if s.strip()),
           command=" ".join(["python -m trajsafe_sdk.training.build_default", *map(shlex.quote, argv or sys.argv[1:])]))
     return 0
 
@@ -309,8 +342,12 @@ def _singles(convs: list[list[Message]]) -> tuple[list[list[Message]], list[int]
 
 def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work: Path | None = None,
           command: str = "", loso: bool = True, head_cfg: HeadConfig | None = None,
-          targets: dict[str, float] | None = None, log: Any = None) -> dict[str, Any]:
-    """Corpus -> trunk features -> leave-source-out evaluation -> head + policy -> export -> package."""
+          targets: dict[str, float] | None = None, loso_seeds: tuple[int, ...] = (), log: Any = None
+          ) -> dict[str, Any]:
+    """Corpus -> trunk features -> leave-source-out evaluation -> head + policy -> export -> package.
+
+    `loso_seeds`: further seeds under which the leave-source-out evaluation of the monitor is repeated (the package
+    is trained with `seed`); their pooled figures give the seed spread in the card and `monitor.json`."""
     import torch
 
     from .dataset import build_corpus
@@ -379,6 +416,13 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
         say("leave-source-out evaluation")
         report = leave_source_out(records, feats, single_feats, encoder, cfg, feature_layout, targets,
                                   reference, log=say)
+        by_seed = {cfg.seed: report["monitor"]["pooled"]}
+        for extra_seed in (s for s in loso_seeds if s != cfg.seed):
+            say(f"leave-source-out evaluation, seed {extra_seed}")
+            by_seed[extra_seed] = leave_source_out(records, feats, single_feats, encoder, replace(cfg, seed=extra_seed),
+                                                   feature_layout, targets, log=say)["monitor"]["pooled"]
+        report["seed_spread"] = seed_spread(by_seed)
+        say(f"seed spread: {json.dumps(report['seed_spread'], default=str)[:600]}")
         (work / "loso.json").write_text(json.dumps({k: v for k, v in report.items() if k != "items"}, indent=2,
                                                    default=str))
         say(f"pooled (monitor): {json.dumps(report['monitor']['pooled'], default=str)[:600]}")
