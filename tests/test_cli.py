@@ -502,8 +502,7 @@ def test_the_seed_spread_is_quoted_with_the_figures() -> None:
                 "benign_multi_turn": rates}
 
     spread = seed_spread({2: pooled(0.8), 0: pooled(0.9), 1: pooled(0.85)})
-    assert spread["seeds"] == [0, 1, 2] and spread["multi-turn catch"]["values"] == [0.9, 0.85, 0.8]
-    assert (spread["multi-turn catch"]["min"], spread["multi-turn catch"]["max"]) == (0.8, 0.9)
+    assert spread["seeds"] == [0, 1, 2] and spread["multi-turn catch"] == [0.9, 0.85, 0.8]
     manifest = {"evaluation": {"protocol": "leave-source-out", "monitor": {"pooled": pooled(0.9)},
                                "seed_spread": spread}}
     quoted = package_evaluation(SimpleNamespace(manifest=manifest))

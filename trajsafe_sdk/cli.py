@@ -374,6 +374,8 @@ def collect_info(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
 
 def package_evaluation(package: Any) -> dict[str, Any] | None:
     """The package's recorded leave-source-out figures (monitor.json `evaluation`), pooled, with a one-line text."""
+    from .package import spread_ranges
+
     ev = package.manifest.get("evaluation")
     if not isinstance(ev, dict) or not isinstance(ev.get("monitor"), dict):
         return None
@@ -388,9 +390,7 @@ def package_evaluation(package: Any) -> dict[str, Any] | None:
             f"{rate('benign', 'over_refusal')}, friction {rate('benign', 'friction')} (benign)")
     spread = ev.get("seed_spread")
     if isinstance(spread, dict) and len(spread.get("seeds") or []) >= 2:
-        ranges = [f"{name} {fig['min']:.3f}-{fig['max']:.3f}" for name, fig in spread.items()
-                  if isinstance(fig, dict) and isinstance(fig.get("min"), float) and isinstance(fig.get("max"), float)]
-        text += f"; min-max over seeds {', '.join(map(str, spread['seeds']))}: {', '.join(ranges)}"
+        text += f"; min-max over seeds {', '.join(map(str, spread['seeds']))}: {', '.join(spread_ranges(spread))}"
     return {"protocol": ev.get("protocol", "leave-source-out"), "pooled": pooled, "text": text,
             "seed_spread": spread if isinstance(spread, dict) else None}
 

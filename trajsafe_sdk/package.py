@@ -255,6 +255,18 @@ def package_file(folder: Path, relative: str, name: str) -> Path:
     return Path(path)
 
 
+def spread_ranges(spread: dict[str, Any]) -> list[str]:
+    """"FIGURE min-max" for each figure of a `monitor.json` `evaluation.seed_spread` (`{"seeds", FIGURE: [value per
+    seed]}`), values that are not numbers skipped."""
+    out = []
+    for name, values in spread.items():
+        known = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)] \
+            if name != "seeds" and isinstance(values, list) else []
+        if known:
+            out.append(f"{name} {min(known):.3f}-{max(known):.3f}")
+    return out
+
+
 def marker_ids(encoder: MessageEncoder) -> dict[str, Any]:
     """The layout's resolved marker id sequences, JSON-ready (`trajsafe.layout_ids` in the graph metadata)."""
     return {"bos": list(encoder.bos_ids), "end": list(encoder.end_ids), "assess": list(encoder.assess_ids),

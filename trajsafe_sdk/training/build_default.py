@@ -28,7 +28,7 @@ from ..kernels.graph import build_monitor_graph
 from ..labels import ACTIONS
 from ..layout import MessageEncoder
 from ..messages import Message
-from ..package import marker_ids, write_package
+from ..package import marker_ids, spread_ranges, write_package
 from .head import FeatureLayout, HeadConfig, record_logits
 from .pretrained import CHECKPOINT
 from .pretrained import LICENSE as CHECKPOINT_LICENSE
@@ -169,20 +169,16 @@ SPREAD_FIGURES = (("multi-turn catch", "harmful_multi_turn", "catch_rate"),
 
 def seed_spread(pooled_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """The monitor's pooled leave-source-out figures under each seed (head initialisation and order, validation
-    slice, hence policy): per figure, the value for every seed, and min / max."""
-    out: dict[str, Any] = {"seeds": sorted(pooled_by_seed)}
-    for name, group, metric in SPREAD_FIGURES:
-        values = [pooled_by_seed[s][group][metric] for s in out["seeds"]]
-        known = [v for v in values if v is not None]
-        out[name] = {"values": values, "min": min(known, default=None), "max": max(known, default=None)}
-    return out
+    slice, hence policy): `{"seeds": [...], FIGURE: [value per seed]}` (`spread_ranges` reads it)."""
+    seeds = sorted(pooled_by_seed)
+    return {"seeds": seeds, **{name: [pooled_by_seed[s][group][metric] for s in seeds]
+                               for name, group, metric in SPREAD_FIGURES}}
 
 
 def _spread_text(spread: dict[str, Any] | None) -> str:
     if not spread or len(spread["seeds"]) < 2:
         return "One seed was run: the spread between seeds was not measured (`--loso-seeds`)."
-    ranges = "; ".join(f"{name} {_fmt(spread[name]['min'])}–{_fmt(spread[name]['max'])}"
-                       for name, _, _ in SPREAD_FIGURES)
+    ranges = "; ".join(spread_ranges(spread))
     return (f"The same evaluation under seeds {', '.join(map(str, spread['seeds']))}. Each seed changes the head's "
             f"initialisation and data order, and the validation slice the policy is fitted on. Monitor, pooled "
             f"(min–max): {ranges}. The tables show the first seed. Differences between variants smaller than this "
