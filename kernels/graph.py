@@ -147,6 +147,8 @@ def _embedding(b: _Builder, table: np.ndarray | Q4Table, ids: str) -> str:
         return b.op("Gather", [b.init("embed_tokens", np.asarray(table, np.float32).astype(b.np_dtype)), ids],
                     "embed", axis=0)
     _, dim = table.shape
+    if table.index is not None:  # a pruned vocabulary: token id -> stored row
+        ids = b.op("Gather", [b.init("embed_tokens.index", table.index), ids], "embed_index", axis=0)
     packed = b.op("Gather", [b.init("embed_tokens.q4", table.packed), ids], "embed_packed", axis=0)
     packed = b.op("Cast", [packed], "embed_cast", to=b.onnx_dtype)  # [B, T, D/2]
     high = b.op("Floor", [b.op("Mul", [packed, b.fconst(1.0 / 16)], "embed_div")], "embed_high")

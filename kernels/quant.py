@@ -85,11 +85,13 @@ class Q4Linear:
 
 @dataclass
 class Q4Table:
-    """An embedding table [V, D] as 4-bit codes with an fp16 scale and minimum per block of 32 along D."""
+    """An embedding table [V, D] as 4-bit codes with an fp16 scale and minimum per block of 32 along D. With `index`
+    (a pruned vocabulary), token id `i` reads stored row `index[i]`."""
 
-    packed: np.ndarray  # [V, D / 2] uint8
-    scale: np.ndarray  # [V, D / 32] float16
-    minimum: np.ndarray  # [V, D / 32] float16
+    packed: np.ndarray  # [R, D / 2] uint8
+    scale: np.ndarray  # [R, D / 32] float16
+    minimum: np.ndarray  # [R, D / 32] float16
+    index: np.ndarray | None = None  # [V] int32, token id -> stored row; None: row = id
 
     @classmethod
     def quantize(cls, table: np.ndarray) -> Q4Table:
@@ -98,7 +100,8 @@ class Q4Table:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.packed.shape[0], self.packed.shape[1] * 2
+        rows = self.packed.shape[0] if self.index is None else len(self.index)
+        return rows, self.packed.shape[1] * 2
 
     def padded(self, rows: int) -> Q4Table:
         """The table with zero rows appended up to `rows` (ids the tokenizer has but the checkpoint does not: the
@@ -106,14 +109,35 @@ class Q4Table:
         extra = rows - self.shape[0]
         if extra <= 0:
             return self
+        if self.index is not None:
+            raise ValueError("pad the table before pruning it")
         return Q4Table(np.concatenate([self.packed, np.zeros((extra, self.packed.shape[1]), np.uint8)]),
                        np.concatenate([self.scale, np.ones((extra, self.scale.shape[1]), np.float16)]),
                        np.concatenate([self.minimum, np.zeros((extra, self.minimum.shape[1]), np.float16)]))
 
+    def pruned(self, keep: np.ndarray) -> Q4Table:
+        """Only the rows of the ids where `keep` is true, bit for bit, plus one shared row (the mean of the dropped
+        rows) that every other id reads: a smaller table that reads kept ids exactly as before."""
+        if self.index is not None:
+            raise ValueError("the table is already pruned")
+        keep = np.asarray(keep, bool)
+        if keep.shape != (self.shape[0],):
+            raise ValueError(f"keep must have one flag per id ({self.shape[0]})")
+        kept, dropped = np.flatnonzero(keep), np.flatnonzero(~keep)
+        parts = [(self.packed[kept], self.scale[kept], self.minimum[kept])]
+        if len(dropped):
+            shared = Q4Table.quantize(self.dequantize(dropped).mean(0, keepdims=True))
+            parts.append((shared.packed, shared.scale, shared.minimum))
+        index = np.full(len(keep), len(kept), np.int32)
+        index[kept] = np.arange(len(kept), dtype=np.int32)
+        return Q4Table(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)), index=index)
+
     def dequantize(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-        codes = unpack_nibbles(self.packed[rows]).astype(np.float32)
+        """Float rows of token ids `rows` (all ids by default)."""
+        stored = rows if self.index is None else self.index[rows]
+        codes = unpack_nibbles(self.packed[stored]).astype(np.float32)
         v, d = codes.shape
         codes = codes.reshape(v, d // BLOCK, BLOCK)
-        scale = self.scale[rows].astype(np.float32)[..., None]
-        lo = self.minimum[rows].astype(np.float32)[..., None]
+        scale = self.scale[stored].astype(np.float32)[..., None]
+        lo = self.minimum[stored].astype(np.float32)[..., None]
         return (codes * scale + lo).reshape(v, d)

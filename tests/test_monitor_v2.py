@@ -60,6 +60,32 @@ def test_q4_feature_head_graph_matches_reference(heads: int, kv_heads: int) -> N
     assert np.abs(fast - expected).max() <= 0.1 * np.abs(expected).std()
 
 
+def test_pruned_vocabulary_reads_kept_ids_exactly_and_others_through_one_shared_row() -> None:
+    arch = {**tiny_arch(num_layers=2), "feature_layers": [0, 1]}
+    weights = v2_weights(tiny_weights(arch, seed=7), arch, seed=7)
+    table = weights["model.embed_tokens.weight"]
+    keep = np.arange(arch["vocab_size"]) < arch["vocab_size"] // 2
+    pruned = table.pruned(keep)
+    assert pruned.shape == table.shape and pruned.packed.shape[0] == keep.sum() + 1
+    np.testing.assert_array_equal(pruned.dequantize(np.flatnonzero(keep)), table.dequantize(np.flatnonzero(keep)))
+    dropped = pruned.dequantize(np.flatnonzero(~keep))
+    assert np.all(dropped == dropped[0])  # one shared row, near the mean of the rows it replaces
+    assert np.abs(dropped[0] - table.dequantize(np.flatnonzero(~keep)).mean(0)).max() < 0.05
+    full = build_monitor_graph(weights, arch)
+    small = build_monitor_graph({**weights, "model.embed_tokens.weight": pruned}, arch)
+    assert small.ByteSize() < full.ByteSize()
+    rng = np.random.default_rng(8)
+    kept_ids = rng.choice(np.flatnonzero(keep)[28:], (1, 30))
+    np.testing.assert_array_equal(_run(small, arch, kept_ids, [29]), _run(full, arch, kept_ids, [29]))
+    mixed = kept_ids.copy()
+    mixed[0, 10] = np.flatnonzero(~keep)[3]
+    small_weights = {**weights, "model.embed_tokens.weight": pruned}
+    expected, _, _ = reference_forward(small_weights, arch, mixed, np.asarray([[29]]))
+    np.testing.assert_allclose(_run(small, arch, mixed, [29]), expected, atol=0.1 * np.abs(expected).std())
+    with pytest.raises(ValueError):
+        pruned.pruned(keep)
+
+
 def test_feature_output_is_the_heads_input() -> None:
     arch = {**tiny_arch(num_layers=2), "feature_layers": [0, 1]}
     weights = v2_weights(tiny_weights(arch, seed=5), arch, seed=5)
