@@ -378,6 +378,8 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
           ) -> dict[str, Any]:
     """Corpus -> trunk features -> leave-source-out evaluation -> head + policy -> export -> package.
 
+    `trunk`: how many checkpoint layers to read and which of them the head reads (it sets `head_cfg`'s `layers` and
+    `pool_layers`), and whether the embedding table is pruned.
     `loso_seeds`: further seeds under which the leave-source-out evaluation of the monitor is repeated (the package
     is trained with `seed`); their pooled figures give the seed spread in the card and `monitor.json`."""
     import torch
