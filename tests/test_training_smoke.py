@@ -77,7 +77,8 @@ def test_smoke_build(tmp_path: Path) -> None:
     assert pkg.variants() == ["q4"]
     arch = pkg.architecture  # 2 trunk layers and the trajectory pool's slot
     assert arch["num_layers"] == 3 and arch["feature_layers"] == [1] and arch["pool_layers"] == [0, 1]
-    assert (out / "CARD.md").read_text().startswith("# TrajSafe default monitor v2")
+    card = (out / "CARD.md").read_text()
+    assert card.startswith("# TrajSafe default monitor v2") and "ids keep their own row" in card  # pruned table
     parity = summary["parity"]
     assert parity["max_abs_diff_vs_head"] <= 1e-2  # the graph computes what the head was trained on (fp16 cache)
     assert parity["max_abs_diff_incremental"] <= 1e-3  # KV-cached turns equal a whole-conversation read

@@ -127,7 +127,7 @@ class Trunk:
 
 TRUNKS = {5: Trunk(5, (1, 2, 3, 4), (4,), (2, 4)),  # the shipped monitor
           8: Trunk(8, (2, 4, 5, 6, 7), (7,), (2, 5, 7), vocab_rank_kept=28672)}  # measured, not shipped (README)
-SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1))
+SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1), vocab_rank_kept=16384)  # pruned, so CI builds that path too
 POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.015}  # on the validation slice: a margin under 0.08 / 0.03
 VARIANT = "q4"
 
