@@ -260,8 +260,9 @@ def spread_ranges(spread: dict[str, Any]) -> list[str]:
     seed]}`), values that are not numbers skipped."""
     out = []
     for name, values in spread.items():
-        known = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)] \
-            if name != "seeds" and isinstance(values, list) else []
+        if name == "seeds" or not isinstance(values, list):
+            continue
+        known = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if known:
             out.append(f"{name} {min(known):.3f}-{max(known):.3f}")
     return out
