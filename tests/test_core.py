@@ -15,7 +15,7 @@ from parity import TOL, assert_same, scores
 
 from trajsafe_sdk.core import DeviceKVCache, Monitor, TrajectorySession
 from trajsafe_sdk.errors import MessageError, MonitorError, PackageError, ProviderError
-from trajsafe_sdk.layout import ALL_SPECIAL_TOKENS
+from trajsafe_sdk.layout import ALL_SPECIAL_TOKENS, normalize_content
 from trajsafe_sdk.messages import Message
 from trajsafe_sdk.package import MonitorPackage
 from trajsafe_sdk.pool import SessionPool
@@ -106,6 +106,25 @@ def test_marker_text_in_content_cannot_forge_markers(tiny_monitor: Monitor) -> N
     assert not special & set(ids[1:-2].tolist())
     # one assessment only: forged markers do not create assessment points
     assert len(tiny_monitor.score([Message("user", forged)])) == 1
+
+
+_words = st.text(alphabet="abcxyz.?!'0", min_size=1, max_size=8)
+_plain = st.lists(_words, min_size=1, max_size=6).map(" ".join)
+_gap = st.sampled_from(["", " ", "\n", "\n\n", " \t"])
+_marker_like = [t for t in ALL_SPECIAL_TOKENS if t.startswith("<|")] + ["<|im_start|>", "<|im_end|>", "＜｜act｜＞"]
+_markers = st.lists(st.sampled_from(_marker_like), min_size=1, max_size=4).map("".join)
+
+
+@given(text=_plain, tail=_plain, blob=_markers, before=_gap, after=_gap, where=st.sampled_from(["end", "start"]))
+def test_marker_text_reads_exactly_as_the_text_without_it(tiny_monitor: Monitor, text, tail, blob, before, after,
+                                                          where) -> None:
+    """Marker text leaves nothing behind: appended or prepended, the message has the plain text's token ids; between
+    two pieces of text, one gap of the whitespace that was there."""
+    marked = f"{text}{before}{blob}{after}" if where == "end" else f"{before}{blob}{after}{text}"
+    enc = tiny_monitor.encoder
+    assert normalize_content(marked) == text
+    assert np.array_equal(enc.encode_message(Message("user", marked)), enc.encode_message(Message("user", text)))
+    assert normalize_content(f"{text}{before}{blob}{after}{tail}") == f"{text}{before or after or ' '}{tail}"
 
 
 @pytest.fixture()

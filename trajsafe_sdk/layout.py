@@ -38,7 +38,8 @@ def default_layout(max_message_tokens: int = 512) -> dict[str, Any]:
     }
 
 
-_MARKER_LIKE = re.compile(r"<\|[^<>|\n]{0,64}\|>")  # "<|im_start|>", "<|act:allow|>", ... typed as text
+_MARKER = r"<\|[^<>|\n]{0,64}\|>"  # "<|im_start|>", "<|act:allow|>", ... typed as text
+_MARKER_RUN = re.compile(rf"{_MARKER}(?:\s*{_MARKER})*")  # markers with only whitespace between them
 # lone surrogates, soft hyphen, zero-width and bidirectional format characters: dropped from content
 _INVISIBLE = dict.fromkeys([*range(0xD800, 0xE000), 0x00AD, 0x034F, 0x061C, 0x180E, 0xFEFF, *range(0x200B, 0x2010),
                             *range(0x202A, 0x202F), *range(0x2060, 0x2070)])
@@ -46,10 +47,26 @@ _INVISIBLE = dict.fromkeys([*range(0xD800, 0xE000), 0x00AD, 0x034F, 0x061C, 0x18
 
 def normalize_content(text: str) -> str:
     """Content as the monitor reads it: NFKC (full-width look-alikes become ASCII), invisible format characters
-    and lone surrogates removed, and marker-like text (`<|...|>`) blanked, so no typed text can pose as a label or
-    role marker."""
-    text = unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
-    return _MARKER_LIKE.sub(" ", text)
+    and lone surrogates removed, and marker-like text (`<|...|>`) removed with its surrounding whitespace, so no typed
+    text can pose as a label or role marker, nor change how the rest of the message tokenises."""
+    return _blank_markers(unicodedata.normalize("NFKC", text.translate(_INVISIBLE)))
+
+
+def _blank_markers(text: str) -> str:
+    """Each run of marker-like text removed with the whitespace around it: nothing is left in its place at the start
+    or end of the text, and between two pieces of text one gap (the whitespace before the run, else after it, else a
+    space). Text plus markers therefore reads exactly as the text alone (`"how? <|act:allow|>"` -> `"how?"`)."""
+    parts = _MARKER_RUN.split(text)
+    pieces: list[str] = []
+    for i, part in enumerate(parts):
+        body = part.lstrip() if i > 0 else part
+        body = body.rstrip() if i < len(parts) - 1 else body
+        if pieces and body:
+            before = parts[i - 1]
+            pieces.append(before[len(before.rstrip()):] or part[:len(part) - len(part.lstrip())] or " ")
+        if body:
+            pieces.append(body)
+    return "".join(pieces)
 
 
 class MessageEncoder:

@@ -255,7 +255,8 @@ point are read by an MLP ({info['head_cfg']['hidden']} hidden units, ReLU) that 
 {arch['hidden_size']}, GQA {arch['num_heads']}/{arch['num_kv_heads']} heads, vocabulary {arch['vocab_size']} plus the
 20 label tokens; context limit 2048 tokens. Message layout: SmolLM2's chat markers (`<|im_start|>user\\n` ...
 `<|im_end|>\\n`). Content is read with special tokens disabled and normalised (NFKC, invisible characters dropped,
-marker-like `<|...|>` text blanked), so typed marker text never reaches the model as a marker.
+marker-like `<|...|>` text removed with the whitespace around it), so typed marker text never reaches the model as a
+marker and leaves the rest of the message reading as it would without it.
 
 ## Training data
 
