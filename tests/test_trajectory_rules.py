@@ -170,25 +170,6 @@ def test_fit_flagged_refuse_keeps_benign_over_refusal_within_target() -> None:
     assert ACTIONS[3] == "refuse"
 
 
-def test_fit_floor_risk_is_the_lowest_that_keeps_benign_over_refusal_within_target() -> None:
-    """Benign chats whose second message alone is refused: the floor refuses them exactly from a first-turn risk of
-    `floor_risk` up, so the fit is the lowest grid value under the target, and the default when none is."""
-    pytest.importorskip("torch")
-    from trajsafe_sdk.training.train import FLOOR_RISK_DEFAULT, fit_floor_risk
-
-    policy = {"probe": 1.1, "steer": 1.1, "refuse": 0.9, "terminate": 1.1, "probe_risk": 1.1, "flagged_refuse": 1.1}
-    allow, refuse = [1.0, 0.0, 0.0, 0.0, 0.0], [0.05, 0.0, 0.0, 0.95, 0.0]
-    first_risks = [0.05, 0.15, 0.25, 0.35, 0.45] * 40  # share with first-turn risk >= t: 1.0, .8, .6, .4, .2
-    probs = [np.array([allow, allow])] * len(first_risks)
-    risks = [np.array([r, 0.0]) for r in first_risks]
-    alone = [np.array([allow, refuse])] * len(first_risks)
-    groups = [np.ones(len(first_risks), bool)]
-    assert fit_floor_risk(policy, probs, risks, groups, 0.25, alone) == 0.4
-    assert fit_floor_risk(policy, probs, risks, groups, 0.5, alone) == 0.3
-    assert fit_floor_risk(policy, probs, risks, groups, 0.1, alone) == FLOOR_RISK_DEFAULT
-    assert fit_floor_risk(policy, probs, risks, groups, 1.0, alone) == 0.0
-
-
 def test_a_failing_alone_read_is_that_line_s_error_and_the_guard_fails_closed(
         tiny_v2_monitor: Monitor, monkeypatch: pytest.MonkeyPatch) -> None:
     """The policy reads a message alone only where the floor binds: a fault there is a typed error for that

@@ -284,10 +284,8 @@ is kept here.
   category, soft cross-entropy over the risk pair.
 - policy thresholds fitted {_calibration_text(info['head_cfg'])}, for friction ≤ {info['targets']['friction']} and
   over-refusal ≤ {info['targets']['over_refusal']} among single requests and among multi-turn chats, reading as the
-  runtime does (in a conversation that already looks harmful, i.e. an earlier turn flagged or at trajectory risk
-  `floor_risk` or more, a user message's reading floored by the same message read alone, `floor_risk` being the
-  lowest of 0-0.4 that holds the over-refusal target, else 0.5; a turn of an already flagged conversation refused
-  from `flagged_refuse`):
+  runtime does (in a conversation that already looks harmful, a user message's reading floored by the same
+  message read alone; a turn of an already flagged conversation refused from `flagged_refuse`):
   `{json.dumps(info['policy'])}`
 - file: `monitor.{VARIANT}.onnx`, {info['file_mb']:.1f} MB, weight-only 4-bit, float32 activations and KV cache; one
   variant for the CPU and CUDA providers. Weight-only quantisation reads a token the same way however a

@@ -123,8 +123,6 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     risks = val_risks if val_risks is not None else [np.zeros(len(p)) for p in val_probs]
     policy["flagged_refuse"] = fit_flagged_refuse(policy, val_probs, risks, benign_groups, target_over_refusal,
                                                   val_alone)
-    if val_alone is not None:
-        policy["floor_risk"] = fit_floor_risk(policy, val_probs, risks, benign_groups, target_over_refusal, val_alone)
     return policy
 
 
@@ -132,51 +130,28 @@ FLAGGED_REFUSE_MIN = 0.5  # after a flag, refuse only where refusing is the moni
 # values that hold the over-refusal target in-distribution refused too many benign chats of unseen sources
 
 
-def runtime_over_refusal(policy: dict[str, float], val_probs: list[np.ndarray], val_risks: list[np.ndarray],
-                         benign_groups: list[np.ndarray], val_alone: list[np.ndarray | None] | None = None) -> float:
-    """Benign over-refusal in the worst group, each conversation decided as the runtime decides with `policy`
-    (monotone floor included, from the alone readings' action probabilities `val_alone`)."""
-    pol = Policy.from_package(policy)
-    refused = np.zeros(len(val_probs), bool)
-    for i in np.flatnonzero(np.any(benign_groups, axis=0)):
-        alone = val_alone[i] if val_alone is not None else None
-        actions = decide_turns(pol, val_probs[i], val_risks[i], alone=alone)
-        refused[i] = "refuse" in actions or "terminate" in actions
-    return max(float(refused[g].mean()) for g in benign_groups if g.any())
-
-
 def fit_flagged_refuse(policy: dict[str, float], val_probs: list[np.ndarray], val_risks: list[np.ndarray],
                        benign_groups: list[np.ndarray], target_over_refusal: float,
                        val_alone: list[np.ndarray | None] | None = None) -> float:
     """The lowest P(>= refuse) that refuses a turn of an already flagged conversation (`Policy.flagged_refuse`)
-    while benign over-refusal (`runtime_over_refusal`) stays within the target in every group; 1.1 (off) when none
-    does."""
-    if not benign_groups or not np.any(benign_groups):
+    while benign over-refusal, decided as the runtime decides (floor included, from the alone readings'
+    action probabilities `val_alone`), stays within the target in every group; 1.1 (off) when none does."""
+    benign = np.any(benign_groups, axis=0) if benign_groups else np.zeros(len(val_probs), bool)
+    if not benign.any():
         return 1.1
+    def over_refusal(t: float) -> float:
+        pol = Policy.from_package({**policy, "flagged_refuse": t})
+        refused = np.zeros(len(val_probs), bool)
+        for i in np.flatnonzero(benign):
+            alone = val_alone[i] if val_alone is not None else None
+            refused[i] = any(a in ("refuse", "terminate")
+                             for a in decide_turns(pol, val_probs[i], val_risks[i], alone=alone))
+        return max(float(refused[g].mean()) for g in benign_groups if g.any())
+
     for t in np.round(np.arange(FLAGGED_REFUSE_MIN, min(policy["refuse"], 0.96), 0.05), 3):
-        if runtime_over_refusal({**policy, "flagged_refuse": float(t)}, val_probs, val_risks, benign_groups,
-                                val_alone) <= target_over_refusal:
+        if over_refusal(float(t)) <= target_over_refusal:
             return float(t)
     return 1.1
-
-
-FLOOR_RISK_GRID = (0.0, 0.1, 0.2, 0.3, 0.4)
-FLOOR_RISK_DEFAULT = 0.5  # Policy's default: the floor binds after a flag or from trajectory risk 0.5
-
-
-def fit_floor_risk(policy: dict[str, float], val_probs: list[np.ndarray], val_risks: list[np.ndarray],
-                   benign_groups: list[np.ndarray], target_over_refusal: float,
-                   val_alone: list[np.ndarray | None]) -> float:
-    """The lowest trajectory risk from which the monotone floor binds (`Policy.floor_risk`; 0: on every turn after
-    the first) while benign over-refusal (`runtime_over_refusal`) stays within the target in every group; the
-    default 0.5 when none of the lower values does."""
-    if not benign_groups or not np.any(benign_groups):
-        return FLOOR_RISK_DEFAULT
-    for t in FLOOR_RISK_GRID:
-        if runtime_over_refusal({**policy, "floor_risk": t}, val_probs, val_risks, benign_groups,
-                                val_alone) <= target_over_refusal:
-            return t
-    return FLOOR_RISK_DEFAULT
 
 
 def split_validation(records: list[dict[str, Any]], frac: float, seed: int
