@@ -125,8 +125,8 @@ class Trunk:
     vocab_rank_kept: int | None = None  # prune the embedding table (`kept_vocabulary`); None keeps every row
 
 
-TRUNKS = {5: Trunk(5, (1, 2, 3, 4), (4,), (2, 4)),  # the shipped monitor
-          8: Trunk(8, (2, 4, 5, 6, 7), (7,), (2, 5, 7), vocab_rank_kept=28672)}  # measured, not shipped (README)
+TRUNKS = {5: Trunk(5, (1, 2, 3, 4), (4,), (2, 4)),  # the previous default monitor (README: compared)
+          8: Trunk(8, (2, 4, 5, 6, 7), (7,), (2, 5, 7), vocab_rank_kept=28672)}  # the shipped monitor
 SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1), vocab_rank_kept=16384)  # pruned, so CI builds that path too
 POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.015}  # on the validation slice: a margin under 0.08 / 0.03
 VARIANT = "q4"
@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="2 trunk layers, a few hundred conversations (CI)")
     p.add_argument("--work", type=Path, default=None, help="folder for the feature cache and reports")
     p.add_argument("--no-loso", action="store_true", help="skip the leave-source-out evaluation")
-    p.add_argument("--trunk-layers", type=int, choices=sorted(TRUNKS), default=5,
-                   help="checkpoint layers to read: 5 (the shipped monitor) or 8 (measured, not shipped; README)")
+    p.add_argument("--trunk-layers", type=int, choices=sorted(TRUNKS), default=8,
+                   help="checkpoint layers to read: 8 (the shipped monitor) or 5 (its predecessor; README)")
     p.add_argument("--calibration", choices=("rows", "families"), default="rows",
                    help="fit the policy thresholds on a random validation slice (rows; default) or on families the "
                         "scoring head has not seen (families: the targets hold on new sources, at lower catch; "
@@ -374,7 +374,7 @@ def _singles(convs: list[list[Message]]) -> tuple[list[list[Message]], list[int]
 
 
 def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work: Path | None = None,
-          command: str = "", loso: bool = True, head_cfg: HeadConfig | None = None, trunk: Trunk = TRUNKS[5],
+          command: str = "", loso: bool = True, head_cfg: HeadConfig | None = None, trunk: Trunk = TRUNKS[8],
           targets: dict[str, float] | None = None, loso_seeds: tuple[int, ...] = (), log: Any = None
           ) -> dict[str, Any]:
     """Corpus -> trunk features -> leave-source-out evaluation -> head + policy -> export -> package.
