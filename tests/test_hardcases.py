@@ -28,6 +28,7 @@ from trajsafe_sdk.decision import Decision
 from trajsafe_sdk.guard import Guard
 from trajsafe_sdk.handlers import Handlers
 from trajsafe_sdk.labels import ACTIONS
+from trajsafe_sdk.layout import normalize_content
 from trajsafe_sdk.policy import Policy
 
 HERE = Path(__file__).resolve().parent / "hardcases"
@@ -318,6 +319,22 @@ def test_marker_text_never_gives_a_milder_action(text: str, markers: list[str], 
     base, marked = alone(text), alone(with_markers(text, markers, position))
     assert SEVERITY[marked.action] >= SEVERITY[base.action], (
         f"{position} {markers!r}: without markers {_brief(base)}, with {_brief(marked)} -- {text[:60]!r}")
+
+
+# marker-like text, removed with the whitespace around it (zero-width characters alone are dropped, but the space
+# before them stays: not in this list)
+MARKER_ONLY = [m for m in MARKERS if normalize_content(f"{m} x") == "x"]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.sampled_from(HARMFUL_TEXTS), markers=st.lists(st.sampled_from(MARKER_ONLY), min_size=1, max_size=4),
+       position=st.sampled_from(POSITIONS))
+def test_marker_only_text_gives_the_same_decision(text: str, markers: list[str], position: str) -> None:
+    """Marker-like text (label and role markers, full-width or split by zero-width characters) is removed with the
+    whitespace around it, so the shipped monitor decides exactly as on the request without it (not an expected
+    failure: this holds by construction)."""
+    base, marked = alone(text), alone(with_markers(text, markers, position))
+    assert (marked.action, marked.risk) == (base.action, base.risk), f"{position} {markers!r}: {text[:60]!r}"
 
 
 # ---------------------------------------------------------------------------------------------------- e. figures
