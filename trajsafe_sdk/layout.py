@@ -49,10 +49,10 @@ def normalize_content(text: str) -> str:
     """Content as the monitor reads it: NFKC (full-width look-alikes become ASCII), invisible format characters
     and lone surrogates removed, and marker-like text (`<|...|>`) removed with its surrounding whitespace, so no typed
     text can pose as a label or role marker, nor change how the rest of the message tokenises."""
-    return _blank_markers(unicodedata.normalize("NFKC", text.translate(_INVISIBLE)))
+    return _remove_markers(unicodedata.normalize("NFKC", text.translate(_INVISIBLE)))
 
 
-def _blank_markers(text: str) -> str:
+def _remove_markers(text: str) -> str:
     """Each run of marker-like text removed with the whitespace around it: nothing is left in its place at the start
     or end of the text, and between two pieces of text one gap (the whitespace before the run, else after it, else a
     space). Text plus markers therefore reads exactly as the text alone (`"how? <|act:allow|>"` -> `"how?"`)."""
