@@ -100,7 +100,7 @@ SYNTH_BENIGN_RANGE = (600, 1500)  # classic benign synthetic conversations (same
 N_NEW = {"jailbreak": 800, "plain": 450, "plain_intent": 150, "marker_harmful": 350, "explicit_after_steer": 350,
          "monotone": 350, "gradual_specific": 350, "intent_contrast_harmful": 360, "lookalike_single": 550,
          "lookalike_multi": 500, "fp_recovery": 600, "marker_benign": 400, "wrapper_benign": 400,
-         "intent_contrast_benign": 480, "benign_gradual_specific": 360, "lookalike_twin": 300}
+         "intent_contrast_benign": 480, "benign_gradual_specific": 360}
 MAX_SEED_WORDS = 60  # seeds wrapped by the v2 generators (keeps multi-turn conversations short)
 
 
@@ -233,9 +233,6 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         sid = f"synth-intent-harmful-{k:05d}"
         cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
         emit(synth.intent_contrast(_rng(seed, sid), cat, True), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
-    for k in range(n_new["lookalike_twin"]):
-        sid = f"synth-lookalike-twin-{k:05d}"
-        emit(synth.lookalike_twin(_rng(seed, sid)), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
     for k in range(n_new["plain_intent"]):
         sid = f"synth-plain-intent-{k:05d}"
         cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
