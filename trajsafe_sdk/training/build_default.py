@@ -128,7 +128,10 @@ class Trunk:
 TRUNKS = {5: Trunk(5, (1, 2, 3, 4), (4,), (2, 4)),  # the previous default monitor (README: compared)
           8: Trunk(8, (2, 4, 5, 6, 7), (7,), (2, 5, 7), vocab_rank_kept=28672)}  # the shipped monitor
 SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1), vocab_rank_kept=16384)  # pruned, so CI builds that path too
-POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.015}  # on the validation slice: a margin under 0.08 / 0.03
+# On the in-distribution validation slice. A source the monitor never saw raises both rates several times over
+# (leave-source-out: friction about 5x, over-refusal about 9x at 0.015), so over-refusal gets a margin of six under
+# its 0.03 target; friction keeps 0.05, as a lower one costs more catch than the reference's (README).
+POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.005}
 VARIANT = "q4"
 
 
