@@ -130,7 +130,7 @@ TRUNKS = {5: Trunk(5, (1, 2, 3, 4), (4,), (2, 4)),  # the previous default monit
 SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1), vocab_rank_kept=16384)  # pruned, so CI builds that path too
 # On the in-distribution validation slice. A source the monitor never saw raises both rates several times over
 # (leave-source-out: friction about 5x, over-refusal about 9x at 0.015), so over-refusal gets a margin of six under
-# its 0.03 target; friction keeps 0.05, as a lower one costs more catch than the reference's (README).
+# its 0.03 target; friction keeps 0.05: a lower one brings multi-turn catch down to the reference's (README).
 POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.005}
 VARIANT = "q4"
 
