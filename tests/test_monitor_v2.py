@@ -11,6 +11,7 @@ from trajsafe_sdk.kernels.graph import build_monitor_graph, empty_past
 from trajsafe_sdk.kernels.quant import Q4Linear, Q4Table, pack_nibbles, unpack_nibbles
 from trajsafe_sdk.kernels.reference import reference_forward
 from trajsafe_sdk.kernels.tiny import tiny_arch, tiny_weights, v2_weights
+from trajsafe_sdk.policy import Policy
 from trajsafe_sdk.training.pretrained import installed
 
 
@@ -131,6 +132,39 @@ def test_fit_policy_holds_targets_per_group() -> None:
         return float(np.mean(flags))
 
     assert friction(per_group, "multi") <= 0.05
+
+
+def test_fit_policy_with_the_every_turn_floor_holds_over_refusal_as_the_runtime_decides() -> None:
+    """With `floor_risk` 0 the runtime floors every turn by its message read alone: the fit must see those readings.
+    Benign chats whose context clears a scary message (read alone, it leans to refuse) keep the over-refusal target
+    under the runtime's decisions; fitted without the alone readings, the same policy would refuse them."""
+    pytest.importorskip("torch")
+    from trajsafe_sdk.training.train import decide_turns, fit_policy
+
+    probs, alone, labels = [], [], []
+    for i in range(400):
+        harmful = i % 2 == 0
+        p = np.tile([0.9, 0.04, 0.03, 0.02, 0.01], (3, 1))
+        a = p.copy()
+        if harmful:
+            p[-1] = a[-1] = [0.02, 0.03, 0.05, 0.8, 0.1]
+        elif i % 4 == 1:  # a scary-sounding turn that the context clears
+            a[1] = [0.1, 0.05, 0.05, 0.6, 0.2]
+        probs.append(p)
+        alone.append(a)
+        labels.append("harmful" if harmful else "benign")
+    blind = fit_policy(probs, labels, 0.05, 0.01, floor_risk=0.0)
+    seen = fit_policy(probs, labels, 0.05, 0.01, val_alone=alone, floor_risk=0.0)
+    assert blind["floor_risk"] == seen["floor_risk"] == 0.0
+
+    def over_refusal(policy: dict) -> float:
+        pol = Policy.from_package(policy)
+        risks = np.zeros(3)
+        return float(np.mean([any(x in ("refuse", "terminate") for x in decide_turns(pol, p, risks, alone=a))
+                              for p, a, lab in zip(probs, alone, labels, strict=True) if lab == "benign"]))
+
+    assert over_refusal(seen) <= 0.01 < over_refusal(blind)
+    assert fit_policy(probs, labels, 0.05, 0.01, val_alone=alone)["floor_risk"] == Policy.floor_risk
 
 
 def test_leave_source_out_folds_drop_the_held_out_seeds() -> None:

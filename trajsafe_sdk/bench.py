@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PackageError, TrajSafeError
+from .policy import Policy
 
 SCHEMA = "trajsafe-bench/1"
 TURN_TOKENS = 64  # new tokens per turn in the turn sweep
@@ -349,7 +350,8 @@ class OursCached(Method):
 
 class OursFloored(OursCached):
     """`OursCached` plus the monotone-escalation floor's cache-free read of the new message alone: what a user turn
-    costs once its conversation already looks harmful (the policy asks for the alone reading only there)."""
+    costs where the floor binds (every user turn after the first under a policy with `floor_risk` 0, the shipped
+    package's; otherwise once the conversation already looks harmful)."""
 
     def prepare(self, prefix: np.ndarray, new: np.ndarray) -> tuple[Run, Run]:
         run, reset = super().prepare(prefix, new)
@@ -701,8 +703,10 @@ def methods(models: Models) -> list[Method]:
         out.append(TorchPeer(models.torch_model))
     for variant, monitor in models.package.items():
         out.append(OursCached(monitor, f"package:{variant}", f"ours on the trained package ({variant})", "package"))
+        every_turn = float(monitor.package.policy_defaults.get("floor_risk", Policy.floor_risk)) <= 0
         out.append(OursFloored(monitor, f"package+floor:{variant}",
-                               f"the trained package plus the alone read ({variant}; turns of flagged chats)",
+                               f"the trained package plus the alone read ({variant}; "
+                               f"{'every user turn, as shipped' if every_turn else 'turns of flagged chats'})",
                                "package"))
         if not models.ours:
             out.append(Reencode(monitor, f"reencode:{variant}", f"re-encode whole conversation (package {variant})"))

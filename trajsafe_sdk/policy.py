@@ -31,7 +31,8 @@ class Policy:
     Monotone-escalation floor: once an earlier user turn was flagged or reached trajectory risk `floor_risk`, a user
     turn's action scores are floored by the same message read alone (`Assessment.alone_action_scores`,
     `core.floor_action_scores`): in a conversation that already looks harmful, a message the monitor refuses on its
-    own is never handled more mildly. (In a benign-looking conversation the context may rightly clear it.)
+    own is never handled more mildly. At `floor_risk` 0 (the shipped package's) the floor binds on every user turn;
+    above it, a benign-looking conversation lets the context clear a message.
 
     Once a conversation has been flagged (an earlier user turn was probed, steered or refused), a later turn is
     refused when P(action >= refuse) reaches `flagged_refuse` (when that is lower than the refuse threshold): after
@@ -47,7 +48,7 @@ class Policy:
     deescalate_risk: float = 0.5
     probe_risk: float = 1.1  # above 1: off
     flagged_refuse: float = 1.1  # above 1: off
-    floor_risk: float = 0.5  # above 1: the floor needs an earlier flag
+    floor_risk: float = 0.5  # 0: every user turn; above 1: the floor needs an earlier flag
 
     @classmethod
     def from_package(cls, defaults: Mapping[str, Any], **overrides: Any) -> Policy:

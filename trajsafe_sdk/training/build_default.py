@@ -29,6 +29,7 @@ from ..labels import ACTIONS
 from ..layout import MessageEncoder
 from ..messages import Message
 from ..package import marker_ids, spread_ranges, write_package
+from ..policy import Policy
 from .head import FeatureLayout, HeadConfig, record_logits
 from .pretrained import CHECKPOINT
 from .pretrained import LICENSE as CHECKPOINT_LICENSE
@@ -131,7 +132,10 @@ SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1), vocab_rank_kept=16384)  # pruned, s
 # On the in-distribution validation slice. A source the monitor never saw raises both rates several times over
 # (leave-source-out: friction about 5x, over-refusal about 9x at 0.015), so over-refusal gets a margin of six under
 # its 0.03 target; friction keeps 0.05: a lower one brings multi-turn catch down to the reference's (README).
-POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.005}
+# `floor_risk` is not fitted but written into the policy: 0 floors every user turn by the message read alone (the
+# trajectory never reads a message more mildly than the message alone), and the ladder is fitted on those floored
+# readings; leave-source-out it lifted multi-turn catch to >= 0.93 under every seed (README: "The every-turn floor").
+POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.005, "floor_risk": 0.0}
 VARIANT = "q4"
 
 
@@ -214,6 +218,14 @@ def compact_evaluation(report: dict[str, Any]) -> dict[str, Any]:
             **({"seed_spread": report["seed_spread"]} if "seed_spread" in report else {})}
 
 
+def _floor_text(policy: dict[str, Any]) -> str:
+    """How the policy's monotone-escalation floor reads, for the card."""
+    if float(policy.get("floor_risk", Policy.floor_risk)) <= 0:
+        return "every user message's reading floored by the same message read alone"
+    return ("in a conversation that already looks harmful, a user message's reading floored by the same message "
+            "read alone")
+
+
 def _calibration_text(head_cfg: dict[str, Any]) -> str:
     if head_cfg.get("calibration") == "families":
         return (f"on families the scoring head had not seen (the training families dealt into "
@@ -287,8 +299,8 @@ is kept here.
   category, soft cross-entropy over the risk pair.
 - policy thresholds fitted {_calibration_text(info['head_cfg'])}, for friction ≤ {info['targets']['friction']} and
   over-refusal ≤ {info['targets']['over_refusal']} among single requests and among multi-turn chats, reading as the
-  runtime does (in a conversation that already looks harmful, a user message's reading floored by the same
-  message read alone; a turn of an already flagged conversation refused from `flagged_refuse`):
+  runtime does ({_floor_text(info['policy'])}; a turn of an already flagged conversation refused from
+  `flagged_refuse`):
   `{json.dumps(info['policy'])}`
 - file: `monitor.{VARIANT}.onnx`, {info['file_mb']:.1f} MB, weight-only 4-bit, float32 activations and KV cache; one
   variant for the CPU and CUDA providers. Weight-only quantisation reads a token the same way however a
@@ -343,11 +355,13 @@ def main(argv: list[str] | None = None) -> int:
                         "'' for none")
     p.add_argument("--friction", type=float, default=POLICY_TARGETS["friction"], help="policy target")
     p.add_argument("--over-refusal", type=float, default=POLICY_TARGETS["over_refusal"], help="policy target")
+    p.add_argument("--floor-risk", type=float, default=POLICY_TARGETS["floor_risk"],
+                   help="the policy's floor_risk, written as given (0: the monotone floor on every user turn)")
     args = p.parse_args(argv)
     build(args.data_dir, args.out, seed=args.seed, smoke=args.smoke, work=args.work, loso=not args.no_loso,
           trunk=TRUNKS[args.trunk_layers],
           head_cfg=HeadConfig(seed=args.seed, calibration=args.calibration),
-          targets={"friction": args.friction, "over_refusal": args.over_refusal},
+          targets={"friction": args.friction, "over_refusal": args.over_refusal, "floor_risk": args.floor_risk},
           loso_seeds=tuple(int(s) for s in args.loso_seeds.split(",") if s.strip()),
           command=" ".join(["python -m trajsafe_sdk.training.build_default", *map(shlex.quote, argv or sys.argv[1:])]))
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..layout import MessageEncoder
+from ..policy import Policy
 from .head import FeatureLayout, HeadConfig, build_rows, record_logits, train_head
 from .metrics import conversation_metrics
 from .train import N_ACT, N_CAT, fit_policy, record_messages, runtime_actions, softmax, split_validation, user_rows
@@ -56,7 +57,8 @@ def fit_policy_for(records: Sequence[dict[str, Any]], ulogits: Sequence[np.ndarr
                       [softmax(lg[:, N_ACT + N_CAT:])[:, 1] for lg in ulogits],
                       groups=["multi" if is_multi_turn(r) else "single" for r in records],
                       val_alone=None if alone is None else
-                      [None if a is None else softmax(a[:, :N_ACT]) for a in alone])
+                      [None if a is None else softmax(a[:, :N_ACT]) for a in alone],
+                      floor_risk=targets.get("floor_risk", Policy.floor_risk))
 
 
 def items_for(records: Sequence[dict[str, Any]], actions: Sequence[list[str]]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import Assessment
+from ..core import Assessment, floor_action_scores
 from ..labels import ACTIONS, CATEGORIES
 from ..layout import MessageEncoder
 from ..messages import Message
@@ -60,14 +60,19 @@ def user_rows(msgs: list[Message], encoder: MessageEncoder, n_rows: int) -> list
 
 def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: float,
                target_over_refusal: float, val_risks: list[np.ndarray] | None = None,
-               groups: list[str] | None = None, val_alone: list[np.ndarray | None] | None = None
-               ) -> dict[str, float]:
+               groups: list[str] | None = None, val_alone: list[np.ndarray | None] | None = None,
+               floor_risk: float = Policy.floor_risk) -> dict[str, float]:
     """Thresholds maximising catch (then block) rate on a validation slice under friction/over-refusal targets.
 
     `val_probs[i]`: action probabilities `[n_user_turns, 5]` of conversation i; `val_risks[i]` its risks
     `[n_user_turns]` (when given, the risk probe threshold `probe_risk` is fitted too; 1.1 = off). With `groups`
-    (e.g. single-turn / multi-turn), the benign targets must hold in every group, not only pooled.
+    (e.g. single-turn / multi-turn), the benign targets must hold in every group, not only pooled. `floor_risk` is
+    written into the policy as given; at 0 (the floor on every turn) the ladder is fitted on the floored readings
+    (`val_alone`, the messages read alone), which is what the runtime then decides from.
     """
+    if floor_risk <= 0 and val_alone is not None:
+        val_probs = [p if a is None else np.concatenate([floor_action_scores(p[:len(a)], a[:len(p)]), p[len(a):]])
+                     for p, a in zip(val_probs, val_alone, strict=True)]
     grid = np.round(np.concatenate([np.arange(0.1, 0.9, 0.05), np.arange(0.9, 0.996, 0.01)]), 3)
     # refuse/terminate need most of the mass on them and steer at least a large share: the ladder keeps the
     # model's own choice of action; catch rate is tuned mostly through the probe threshold. Among equally good
@@ -120,6 +125,7 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     policy = {"probe": float(t_probe), "steer": float(t_steer), "refuse": float(t_ref), "terminate": float(t_term)}
     if risk_max is not None:
         policy["probe_risk"] = float(t_risk)
+    policy["floor_risk"] = float(floor_risk)
     risks = val_risks if val_risks is not None else [np.zeros(len(p)) for p in val_probs]
     policy["flagged_refuse"] = fit_flagged_refuse(policy, val_probs, risks, benign_groups, target_over_refusal,
                                                   val_alone)
