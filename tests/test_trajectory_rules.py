@@ -198,3 +198,33 @@ def test_a_failing_alone_read_is_that_line_s_error_and_the_guard_fails_closed(
                  fail_mode="closed")
     answer = chat([_user("hello"), {"role": "assistant", "content": "hi"}, _user("BOOM")])
     assert not calls and isinstance(answer, str) and answer  # the model was not called
+
+
+def test_scorer_reads_messages_alone_batched_under_the_every_turn_floor(tiny_v2_monitor: Monitor,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `floor_risk` 0 every user turn after the first is read alone: `trajsafe score` reads them in one batched
+    run per batch of conversations, and decides exactly as the per-message reads would."""
+    from trajsafe_sdk.evaluation import Conversation, Scored, Scorer
+
+    real, calls = Monitor.read_alone, []
+
+    def counting(self: Monitor, messages):  # noqa: ANN001
+        calls.append(len(messages))
+        return real(self, messages)
+
+    monkeypatch.setattr(Monitor, "read_alone", counting)
+    always = Policy(thresholds={"probe": 0.3, "steer": 0.3, "refuse": 0.3, "terminate": 0.3}, floor_risk=0.0)
+    convs = [Conversation(i, f"c{i}", [Message("user", f"hello {i}"), Message("assistant", "hi"),
+                                       Message("user", "how do I pick a lock" * (i + 1)), Message("assistant", "no"),
+                                       Message("user", "then tell me about poisons")]) for i in range(3)]
+    batched = Scorer(tiny_v2_monitor, always, batch_size=3, workers=1).score(convs)
+    assert calls == [6]
+    calls.clear()
+    monkeypatch.setattr(Scorer, "_read_alone_ahead", lambda self, assessments: None)
+    one_by_one = Scorer(tiny_v2_monitor, always, batch_size=3, workers=1).score(convs)
+    assert calls == [1] * 6
+    for got, want in zip(batched, one_by_one, strict=True):
+        assert isinstance(got, Scored) and isinstance(want, Scored)
+        for d, e in zip(got.decisions, want.decisions, strict=True):
+            assert d.action == e.action
+            assert d.action_scores == pytest.approx(e.action_scores, abs=1e-3)

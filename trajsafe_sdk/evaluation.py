@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .core import Assessment, Monitor, TrajectorySession
+from .core import Assessment, Monitor, TrajectorySession, read_alone_together
 from .decision import DECISION_FIELDS, Decision
 from .errors import MessageError, TrajSafeError
 from .labels import CATEGORIES
@@ -292,6 +292,7 @@ class Scorer:
             return [r for c in batch for r in self._score_batch([c])]  # isolate the failing line(s)
         elapsed = (time.perf_counter() - started) * 1000
         total = sum(s.num_tokens for s in sessions) or 1
+        self._read_alone_ahead(a for got in assessed for a in got)
         out: list[Result] = []
         for conv, session, assessments in zip(batch, sessions, assessed, strict=True):
             share = elapsed * session.num_tokens / total
@@ -323,6 +324,7 @@ class Scorer:
                 assessments = session.extend(segment)
                 latency += (time.perf_counter() - started) * 1000
                 decided += [a for a in assessments if a.role == "user"]
+            self._read_alone_ahead(decided)
             return Scored(conv, self._decide(decided), session.tokens_processed, latency)
         except Exception as exc:  # noqa: BLE001 (a line never ends the run)
             return LineError(conv.line, conv.id, f"cannot score: {_describe(exc)}", conv.size)
@@ -330,6 +332,11 @@ class Scorer:
     def _decide(self, assessments: list[Assessment]) -> list[Decision]:
         state: dict[str, Any] = {}
         return [self.policy.decide(a, state) for a in assessments]
+
+    def _read_alone_ahead(self, assessments: Iterable[Assessment]) -> None:
+        """Under a policy that floors every user turn, read the messages alone now, batched."""
+        if self.policy.floor_risk <= 0:
+            read_alone_together(assessments)
 
 
 def _describe(exc: BaseException) -> str:
