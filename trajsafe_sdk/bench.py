@@ -350,8 +350,8 @@ class OursCached(Method):
 
 class OursFloored(OursCached):
     """`OursCached` plus the monotone-escalation floor's cache-free read of the new message alone: what a user turn
-    costs where the floor binds (every user turn after the first under a policy with `floor_risk` 0, the shipped
-    package's; otherwise once the conversation already looks harmful)."""
+    costs where the floor binds (every user turn after the first under a policy with `floor_risk` 0;
+    otherwise once the conversation already looks harmful)."""
 
     def prepare(self, prefix: np.ndarray, new: np.ndarray) -> tuple[Run, Run]:
         run, reset = super().prepare(prefix, new)
@@ -706,7 +706,7 @@ def methods(models: Models) -> list[Method]:
         every_turn = float(monitor.package.policy_defaults.get("floor_risk", Policy.floor_risk)) <= 0
         out.append(OursFloored(monitor, f"package+floor:{variant}",
                                f"the trained package plus the alone read ({variant}; "
-                               f"{'every user turn, as shipped' if every_turn else 'turns of flagged chats'})",
+                               f"{'every user turn' if every_turn else 'turns of flagged chats'})",
                                "package"))
         if not models.ours:
             out.append(Reencode(monitor, f"reencode:{variant}", f"re-encode whole conversation (package {variant})"))

@@ -31,7 +31,7 @@ class Policy:
     Monotone-escalation floor: once an earlier user turn was flagged or reached trajectory risk `floor_risk`, a user
     turn's action scores are floored by the same message read alone (`Assessment.alone_action_scores`,
     `core.floor_action_scores`): in a conversation that already looks harmful, a message the monitor refuses on its
-    own is never handled more mildly. At `floor_risk` 0 (the shipped package's) the floor binds on every user turn;
+    own is never handled more mildly. At `floor_risk` 0 the floor binds on every user turn;
     above it, a benign-looking conversation lets the context clear a message.
 
     Once a conversation has been flagged (an earlier user turn was probed, steered or refused), a later turn is

@@ -132,10 +132,10 @@ SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1), vocab_rank_kept=16384)  # pruned, s
 # On the in-distribution validation slice. A source the monitor never saw raises both rates several times over
 # (leave-source-out: friction about 5x, over-refusal about 9x at 0.015), so over-refusal gets a margin of six under
 # its 0.03 target; friction keeps 0.05: a lower one brings multi-turn catch down to the reference's (README).
-# `floor_risk` is not fitted but written into the policy: 0 floors every user turn by the message read alone (the
-# trajectory never reads a message more mildly than the message alone), and the ladder is fitted on those floored
-# readings; leave-source-out it lifted multi-turn catch to >= 0.93 under every seed (README: "The every-turn floor").
-POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.005, "floor_risk": 0.0}
+# `floor_risk` is not fitted but written into the policy as given. 0 floors every user turn by the message read alone
+# (the ladder is then fitted on the floored readings): leave-source-out multi-turn catch >= 0.93 under every seed, but
+# single-turn catch -0.02 to -0.04 and the demo's benign process-kill chat steered, so it stays 0.5 (README).
+POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.005, "floor_risk": 0.5}
 VARIANT = "q4"
 
 
