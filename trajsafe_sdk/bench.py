@@ -703,7 +703,7 @@ def methods(models: Models) -> list[Method]:
         out.append(TorchPeer(models.torch_model))
     for variant, monitor in models.package.items():
         out.append(OursCached(monitor, f"package:{variant}", f"ours on the trained package ({variant})", "package"))
-        every_turn = float(monitor.package.policy_defaults.get("floor_risk", Policy.floor_risk)) <= 0
+        every_turn = Policy.from_package(monitor.package.policy_defaults).floors_every_turn
         out.append(OursFloored(monitor, f"package+floor:{variant}",
                                f"the trained package plus the alone read ({variant}; "
                                f"{'every user turn' if every_turn else 'turns of flagged chats'})",

@@ -335,7 +335,7 @@ class Scorer:
 
     def _read_alone_ahead(self, assessments: Iterable[Assessment]) -> None:
         """Under a policy that floors every user turn, read the messages alone now, batched."""
-        if self.policy.floor_risk <= 0:
+        if self.policy.floors_every_turn:
             read_alone_together(assessments)
 
 

@@ -61,6 +61,11 @@ class Policy:
         policy.validate()
         return policy
 
+    @property
+    def floors_every_turn(self) -> bool:
+        """Whether every user turn is floored by its message read alone (`floor_risk` 0): each needs that read."""
+        return self.floor_risk <= 0
+
     def to_dict(self) -> dict[str, Any]:
         """The settings in `monitor.json["policy"]` form (what `from_package` reads), JSON-ready."""
         return {**self.thresholds, "probe_risk": self.probe_risk, "deescalate_risk": self.deescalate_risk,

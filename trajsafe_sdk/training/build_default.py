@@ -220,7 +220,7 @@ def compact_evaluation(report: dict[str, Any]) -> dict[str, Any]:
 
 def _floor_text(policy: dict[str, Any]) -> str:
     """How the policy's monotone-escalation floor reads, for the card."""
-    if float(policy.get("floor_risk", Policy.floor_risk)) <= 0:
+    if Policy.from_package(policy).floors_every_turn:
         return "every user message's reading floored by the same message read alone"
     return ("in a conversation that already looks harmful, a user message's reading floored by the same message "
             "read alone")
