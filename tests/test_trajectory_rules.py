@@ -3,6 +3,9 @@
 - the monotone-escalation floor: in a conversation that already looks harmful, a user message is never handled more
   mildly, at refuse/terminate level, than the same message read alone (`core.floor_action_scores`,
   `Monitor(alone_floor=True)` reads it, `Policy.floor_risk` says when it binds);
+- the context ceiling, its mirror: in a conversation that does not look harmful yet, a user message is handled no
+  more strictly than the milder of its trajectory reading and the same message read alone, unless the trajectory
+  risk reaches `Policy.ceiling_risk` (`core.ceiling_action_scores`);
 - after a flagged turn, `Policy.flagged_refuse` refuses on less evidence.
 
 Real tiny monitor (random weights) on ONNX Runtime; the floor is checked against separate readings of the same
@@ -18,7 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trajsafe_sdk.core import Assessment, Monitor, floor_action_scores, split_label_logits
+from trajsafe_sdk.core import Assessment, Monitor, ceiling_action_scores, floor_action_scores, split_label_logits
+from trajsafe_sdk.errors import MonitorError
 from trajsafe_sdk.labels import ACTIONS, CATEGORIES
 from trajsafe_sdk.messages import Message
 from trajsafe_sdk.policy import SEVERITY, Policy
@@ -42,6 +46,86 @@ def test_floor_is_a_distribution_never_milder_than_either_reading(context, alone
         assert got >= single
     if got > max(ctx, single):  # raised only through the refuse/terminate mass the alone reading brought
         assert float(floored[3:].sum()) > float(context[3:].sum())
+
+
+@settings(max_examples=300, deadline=None)
+@given(context=probabilities, alone=probabilities, t=thresholds)
+def test_ceiling_is_a_distribution_no_stricter_than_either_reading(context, alone, t) -> None:
+    ceiled = ceiling_action_scores(context, alone)
+    assert ceiled.min() >= 0.0 and abs(ceiled.sum() - 1.0) < 1e-9
+    policy = Policy(thresholds=t)
+    got, ctx, single = (SEVERITY[policy.choose(p)] for p in (ceiled, context, alone))
+    assert got <= min(ctx, single)
+
+
+def test_policy_ceiling_holds_only_until_the_conversation_looks_harmful() -> None:
+    policy = Policy(thresholds={"probe": 1.1, "steer": 0.5, "refuse": 0.8, "terminate": 1.1}, probe_risk=0.6,
+                    floor_risk=0.5, ceiling_risk=0.9)
+    context = np.array([0.05, 0.0, 0.1, 0.85, 0.0])  # the trajectory reading refuses
+    alone = np.array([0.97, 0.03, 0.0, 0.0, 0.0])  # the message alone reads benign
+    cats = np.eye(len(CATEGORIES))[1]
+
+    def turn(i: int, risk: float, alone_risk: float = 0.05) -> Assessment:
+        return Assessment(i, "user", context, cats, risk, 10, 0.0, alone_action_scores=alone, alone_risk=alone_risk)
+
+    state: dict = {}
+    cleared = policy.decide(turn(2, 0.7), state)
+    assert cleared.action == "allow" and "alone" in cleared.reason
+    assert cleared.risk == pytest.approx(0.7)  # the trajectory risk is reported and remembered ...
+    assert policy.decide(turn(4, 0.7), state).action == "refuse"  # ... so the next such turn is acted on
+    assert policy.decide(turn(2, 0.7, alone_risk=0.65), {}).action == "probe"  # both risks reach probe_risk
+    assert policy.decide(turn(2, 0.95), {}).action == "refuse"  # a confident trajectory acts at once
+    assert policy.decide(turn(2, 0.7), {"flagged": True}).action == "refuse"  # flagged: no ceiling
+    assert dataclasses.replace(policy, ceiling_risk=0.0).decide(turn(2, 0.7), {}).action == "refuse"  # off
+    assert policy.decide(dataclasses.replace(turn(2, 0.7), alone_action_scores=None), {}).action == "refuse"
+    reader_calls: list[int] = []
+
+    def reader() -> tuple[np.ndarray, float]:
+        reader_calls.append(1)
+        return alone, 0.05
+
+    benign = Assessment(2, "user", np.array([1.0, 0, 0, 0, 0]), cats, 0.1, 10, 0.0, alone_reader=reader)
+    assert policy.decide(benign, {}).action == "allow" and not reader_calls  # read alone only where it can bind
+    assert policy.decide(dataclasses.replace(turn(2, 0.7), alone_action_scores=None, alone_reader=reader),
+                         {}).action == "allow" and reader_calls == [1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(context=probabilities, bad=st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+       where=st.sampled_from(["scores", "risk"]), flagged=st.booleans())
+def test_a_non_finite_alone_reading_is_an_error_never_a_milder_action(context, bad, where, flagged) -> None:
+    alone = np.full(5, 0.2)
+    if where == "scores":
+        alone[0] = bad
+    a = Assessment(3, "user", context, np.eye(len(CATEGORIES))[1], 0.3, 10, 0.0, alone_action_scores=alone,
+                   alone_risk=bad if where == "risk" else 0.1)
+    policy = Policy(thresholds={"probe": 0.2, "steer": 0.5, "refuse": 0.5, "terminate": 0.6}, ceiling_risk=1.1)
+    plain = policy.decide(dataclasses.replace(a, alone_action_scores=None, alone_risk=None), {"flagged": flagged})
+    try:
+        got = policy.decide(a, {"flagged": flagged})
+    except MonitorError:
+        return  # the guard fails closed on it
+    assert got.action == plain.action  # not consulted: the trajectory reading decided on its own
+
+
+@pytest.mark.parametrize("which", ["tiny_monitor", "tiny_v2_monitor"])
+def test_ceiling_on_a_real_monitor_never_exceeds_the_trajectory_or_the_message_alone(
+        which: str, request: pytest.FixtureRequest) -> None:
+    monitor: Monitor = request.getfixturevalue(which)
+    strict = {"probe": 0.02, "steer": 0.05, "refuse": 0.1, "terminate": 0.2}  # random weights: make readings act
+    ceiled, plain = Policy(thresholds=strict, ceiling_risk=1.1), Policy(thresholds=strict)
+    got = monitor.score(CONVERSATION)
+    for a in got:
+        if a.role != "user":
+            continue
+        decision = ceiled.decide(a, {})
+        assert SEVERITY[decision.action] <= SEVERITY[plain.decide(a, {}).action]
+        if a.alone_scores() is not None:
+            alone = plain.decide(dataclasses.replace(a, action_scores=a.alone_scores(), risk=a.alone_risk,
+                                                     alone_action_scores=None), {})
+            assert SEVERITY[decision.action] <= SEVERITY[alone.action]
+            assert a.alone_risk == pytest.approx(float(split_label_logits(monitor.read_alone(
+                [Message("user", CONVERSATION[a.message_index]["content"])])[0])[2]), abs=1e-5)
 
 
 def _user(text: str) -> dict[str, str]:

@@ -57,13 +57,18 @@ class Assessment:
     latency_ms: float
     partial: bool = False
     alone_action_scores: np.ndarray | None = None  # the same user message read alone (Monitor.alone_floor)
-    alone_reader: Callable[[], np.ndarray] | None = field(default=None, compare=False)  # reads it on demand
+    alone_risk: float | None = None  # that reading's risk (None: not read, or not given)
+    alone_reader: Callable[[], tuple[np.ndarray, float]] | None = field(default=None, compare=False)  # on demand
 
     def alone_scores(self) -> np.ndarray | None:
-        """Action scores of this message read alone: as given, or read now (once) by `alone_reader`; None when
-        there is nothing to read (not a user message after the first, or `Monitor(alone_floor=False)`)."""
+        """Action scores of this message read alone: as given, or read now (once) by `alone_reader`, which also
+        sets `alone_risk`; None when there is nothing to read (not a user message after the first, or
+        `Monitor(alone_floor=False)`)."""
         if self.alone_action_scores is None and self.alone_reader is not None:
-            self.alone_action_scores, self.alone_reader = self.alone_reader(), None
+            (self.alone_action_scores, self.alone_risk), self.alone_reader = self.alone_reader(), None
+        if self.alone_action_scores is not None and not (
+                np.isfinite(self.alone_action_scores).all() and np.isfinite(self.alone_risk or 0.0)):
+            raise MonitorError("the message read alone has non-finite scores (NaN or inf); they cannot be used")
         return self.alone_action_scores
 
     @property
@@ -245,6 +250,15 @@ def floor_action_scores(context: np.ndarray, alone: np.ndarray) -> np.ndarray:
         return np.array(context, dtype=np.float64)  # nothing to raise: the trajectory reading as it is
     cum[..., BLOCK_FROM:] = np.maximum(cum[..., BLOCK_FROM:], cum_alone[..., BLOCK_FROM:])
     cum[..., :BLOCK_FROM] = np.maximum(cum[..., :BLOCK_FROM], cum[..., BLOCK_FROM:BLOCK_FROM + 1])
+    nxt = np.concatenate([cum[..., 1:], np.zeros_like(cum[..., :1])], axis=-1)
+    return np.clip(cum - nxt, 0.0, 1.0)
+
+
+def ceiling_action_scores(context: np.ndarray, alone: np.ndarray) -> np.ndarray:
+    """Action probabilities `[..., 5]` of the milder of two readings at every rung: P(>= a) is the lower of the
+    trajectory's and the message read alone's, so any threshold ladder over the result is no more severe than on
+    either reading."""
+    cum = np.minimum(np.cumsum(context[..., ::-1], axis=-1)[..., ::-1], np.cumsum(alone[..., ::-1], axis=-1)[..., ::-1])
     nxt = np.concatenate([cum[..., 1:], np.zeros_like(cum[..., :1])], axis=-1)
     return np.clip(cum - nxt, 0.0, 1.0)
 
@@ -751,8 +765,10 @@ class AloneReader:
     monitor: Monitor
     message: Message
 
-    def __call__(self) -> np.ndarray:
-        return split_label_logits(self.monitor.read_alone([self.message])[0])[0]
+    def __call__(self) -> tuple[np.ndarray, float]:
+        """(action scores, risk) of the message read alone."""
+        actions, _, risk = split_label_logits(self.monitor.read_alone([self.message])[0])
+        return actions, float(risk)
 
 
 def read_alone_together(assessments: Iterable[Assessment]) -> None:
@@ -767,7 +783,8 @@ def read_alone_together(assessments: Iterable[Assessment]) -> None:
         except Exception:  # noqa: BLE001 (each reads on its own later, and fails there alone)
             continue
         for a, lg in zip(mine, logits, strict=True):
-            a.alone_action_scores, a.alone_reader = split_label_logits(lg)[0], None
+            actions, _, risk = split_label_logits(lg)
+            a.alone_action_scores, a.alone_risk, a.alone_reader = actions, float(risk), None
 
 
 def _state_before(state: dict[str, Any], messages: Sequence[Message]) -> dict[str, Any]:

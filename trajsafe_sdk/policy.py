@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core import Assessment, floor_action_scores
+from .core import Assessment, ceiling_action_scores, floor_action_scores
 from .decision import Decision
 from .labels import ACTIONS, CATEGORIES
 
@@ -34,6 +34,13 @@ class Policy:
     own is never handled more mildly. At `floor_risk` 0 the floor binds on every user turn;
     above it, a benign-looking conversation lets the context clear a message.
 
+    Context ceiling, the floor's mirror: while a conversation does not look harmful yet (no earlier flag, no
+    earlier trajectory risk `floor_risk`), a user turn whose trajectory risk is under `ceiling_risk` is decided on
+    the milder of its trajectory reading and the same message read alone (`core.ceiling_action_scores`; the risk
+    probe reads the lower risk): context alone does not make a benign-looking chat stricter unless it is confident.
+    Its trajectory risk still counts towards `floor_risk`, so an escalation that builds up is acted on from the
+    next turn. `ceiling_risk` 0: off; above 1: every such turn.
+
     Once a conversation has been flagged (an earlier user turn was probed, steered or refused), a later turn is
     refused when P(action >= refuse) reaches `flagged_refuse` (when that is lower than the refuse threshold): after
     warnings, an explicit harmful goal needs less evidence to be stopped.
@@ -49,12 +56,14 @@ class Policy:
     probe_risk: float = 1.1  # above 1: off
     flagged_refuse: float = 1.1  # above 1: off
     floor_risk: float = 0.5  # 0: every user turn; above 1: the floor needs an earlier flag
+    ceiling_risk: float = 0.0  # 0: off; the context ceiling holds under this trajectory risk
 
     @classmethod
     def from_package(cls, defaults: Mapping[str, Any], **overrides: Any) -> Policy:
         thresholds = {k: float(defaults[k]) for k in LADDER if k in defaults}
         thresholds.update(overrides.pop("thresholds", {}) or {})
-        for key in ("sticky_terminate", "deescalate_risk", "probe_risk", "flagged_refuse", "floor_risk"):
+        for key in ("sticky_terminate", "deescalate_risk", "probe_risk", "flagged_refuse", "floor_risk",
+                    "ceiling_risk"):
             if key in defaults and key not in overrides:
                 overrides[key] = defaults[key]
         policy = cls(thresholds={**DEFAULT_THRESHOLDS, **thresholds}, **overrides)
@@ -70,7 +79,7 @@ class Policy:
         """The settings in `monitor.json["policy"]` form (what `from_package` reads), JSON-ready."""
         return {**self.thresholds, "probe_risk": self.probe_risk, "deescalate_risk": self.deescalate_risk,
                 "sticky_terminate": self.sticky_terminate, "flagged_refuse": self.flagged_refuse,
-                "floor_risk": self.floor_risk}
+                "floor_risk": self.floor_risk, "ceiling_risk": self.ceiling_risk}
 
     def validate(self) -> None:
         """Raise ValueError on an unknown action name or a threshold that is not a number >= 0."""
@@ -83,7 +92,7 @@ class Policy:
                 raise ValueError(f"policy threshold {name}={value!r} must be a number in [0, 1] (above 1: never)")
         if not 0.0 <= float(self.deescalate_risk) <= 1.0:
             raise ValueError(f"deescalate_risk={self.deescalate_risk!r} must be within [0, 1]")
-        for name in ("probe_risk", "flagged_refuse", "floor_risk"):
+        for name in ("probe_risk", "flagged_refuse", "floor_risk", "ceiling_risk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not float(value) >= 0.0:
                 raise ValueError(f"{name}={value!r} must be a number in [0, 1] (above 1: never)")
@@ -96,6 +105,24 @@ class Policy:
                 return action
         return "allow"
 
+    def bracket(self, assessment: Assessment, state: Mapping[str, Any]) -> tuple[Assessment, bool]:
+        """A user turn's reading after the monotone floor (the conversation looks harmful) or the context ceiling
+        (it does not yet, and the trajectory alone would act), and whether the ceiling made it milder. The message
+        is read alone only here, where one of them can bind."""
+        if state.get("flagged") or state.get("max_risk", 0.0) >= self.floor_risk:
+            alone = assessment.alone_scores()
+            if alone is not None:
+                return dataclasses.replace(assessment, action_scores=floor_action_scores(
+                    assessment.action_scores, alone)), False
+        elif assessment.risk < self.ceiling_risk and self.ladder_action(assessment) != "allow":
+            alone = assessment.alone_scores()
+            if alone is not None:
+                risk = assessment.risk if assessment.alone_risk is None else min(assessment.risk, assessment.alone_risk)
+                milder = dataclasses.replace(assessment, risk=risk, action_scores=ceiling_action_scores(
+                    assessment.action_scores, alone))
+                return milder, self.ladder_action(milder) != self.ladder_action(assessment)
+        return assessment, False
+
     def ladder_action(self, assessment: Assessment) -> str:
         """The action for one assessment before conversation state is applied: the ladder, else a probe when
         the trajectory risk reaches `probe_risk`."""
@@ -107,11 +134,10 @@ class Policy:
     def decide(self, assessment: Assessment, state: dict[str, Any] | None = None, stage: str = "input") -> Decision:
         """A Decision for `assessment`; `state` (per conversation) carries termination and probe history."""
         state = state if state is not None else {}
-        if stage == "input" and (state.get("flagged") or state.get("max_risk", 0.0) >= self.floor_risk):
-            alone = assessment.alone_scores()  # read here, only where the floor can bind
-            if alone is not None:
-                assessment = dataclasses.replace(assessment, action_scores=floor_action_scores(
-                    assessment.action_scores, alone))
+        trajectory_risk = float(assessment.risk)  # remembered and reported, whatever the alone reading says
+        ceiled = False
+        if stage == "input":
+            assessment, ceiled = self.bracket(assessment, state)
         action = self.ladder_action(assessment)
         category = assessment.category
         reason = ""
@@ -134,13 +160,16 @@ class Policy:
         if action != "allow" and category == "benign":
             category = CATEGORIES[1 + int(max(range(len(CATEGORIES) - 1),
                                               key=lambda i: assessment.category_scores[i + 1]))]
-        reason = reason or _reason(action, category, assessment.risk)
+        if ceiled and action == "allow" and not reason:
+            reason = (f"the context raised the risk ({trajectory_risk:.2f}) but the message read alone does not; "
+                      "from here the conversation counts as looking harmful")
+        reason = reason or _reason(action, category, trajectory_risk)
         if stage == "input":
             state["flagged"] = state.get("flagged", False) or action != "allow"
-            state["max_risk"] = max(float(state.get("max_risk", 0.0)), float(assessment.risk))
-            state["last_decision"] = {"action": action, "risk": assessment.risk,
+            state["max_risk"] = max(float(state.get("max_risk", 0.0)), trajectory_risk)
+            state["last_decision"] = {"action": action, "risk": trajectory_risk,
                                       "message_index": assessment.message_index}
-        scores = assessment.to_dict()  # labelled and rounded
+        scores = dataclasses.replace(assessment, risk=trajectory_risk).to_dict()  # labelled and rounded
         return Decision(
             action=action,
             category=category,

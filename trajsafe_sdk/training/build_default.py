@@ -131,11 +131,14 @@ TRUNKS = {5: Trunk(5, (1, 2, 3, 4), (4,), (2, 4)),  # the previous default monit
 SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1), vocab_rank_kept=16384)  # pruned, so CI builds that path too
 # On the in-distribution validation slice. A source the monitor never saw raises both rates several times over
 # (leave-source-out: friction about 5x, over-refusal about 9x at 0.015), so over-refusal gets a margin of six under
-# its 0.03 target; friction keeps 0.05: a lower one brings multi-turn catch down to the reference's (README).
-# `floor_risk` is not fitted but written into the policy as given. 0 floors every user turn by the message read alone
-# (the ladder is then fitted on the floored readings): leave-source-out multi-turn catch >= 0.93 under every seed, but
-# single-turn catch -0.02 to -0.04 and the demo's benign process-kill chat steered, so it stays 0.5 (README).
-POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.005, "floor_risk": 0.5}
+# its 0.03 target; friction keeps 0.05: a lower one brings multi-turn catch down to the reference's, a higher one
+# (0.08) trades friction for catch and caught fewer hand-written escalations (README).
+# `floor_risk` and `ceiling_risk` are not fitted but written into the policy as given. `floor_risk` 0 floors every
+# user turn by the message read alone (the ladder is then fitted on the floored readings): leave-source-out
+# multi-turn catch >= 0.93 under every seed, but single-turn catch -0.02 to -0.04 and the demo's benign process-kill
+# chat steered, so it stays 0.5. The context ceiling (`ceiling_risk` 0.9) cuts friction on benign multi-turn chats of
+# unseen sources by about a third but misses escalations that build up, so it is off (0) (README).
+POLICY_TARGETS = {"friction": 0.05, "over_refusal": 0.005, "floor_risk": 0.5, "ceiling_risk": 0.0}
 VARIANT = "q4"
 
 
@@ -219,11 +222,16 @@ def compact_evaluation(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _floor_text(policy: dict[str, Any]) -> str:
-    """How the policy's monotone-escalation floor reads, for the card."""
-    if Policy.from_package(policy).floors_every_turn:
+    """How the policy's monotone-escalation floor and context ceiling read, for the card."""
+    rules = Policy.from_package(policy)
+    if rules.floors_every_turn:
         return "every user message's reading floored by the same message read alone"
-    return ("in a conversation that already looks harmful, a user message's reading floored by the same message "
+    text = ("in a conversation that already looks harmful, a user message's reading floored by the same message "
             "read alone")
+    if rules.ceiling_risk > 0:
+        text += (f"; before that, a user message handled no more strictly than the milder of its trajectory reading "
+                 f"and the message read alone while the trajectory risk is under {rules.ceiling_risk:g}")
+    return text
 
 
 def _calibration_text(head_cfg: dict[str, Any]) -> str:
@@ -357,11 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--over-refusal", type=float, default=POLICY_TARGETS["over_refusal"], help="policy target")
     p.add_argument("--floor-risk", type=float, default=POLICY_TARGETS["floor_risk"],
                    help="the policy's floor_risk, written as given (0: the monotone floor on every user turn)")
+    p.add_argument("--ceiling-risk", type=float, default=POLICY_TARGETS["ceiling_risk"],
+                   help="the policy's ceiling_risk, written as given (0: no context ceiling)")
     args = p.parse_args(argv)
     build(args.data_dir, args.out, seed=args.seed, smoke=args.smoke, work=args.work, loso=not args.no_loso,
           trunk=TRUNKS[args.trunk_layers],
           head_cfg=HeadConfig(seed=args.seed, calibration=args.calibration),
-          targets={"friction": args.friction, "over_refusal": args.over_refusal, "floor_risk": args.floor_risk},
+          targets={"friction": args.friction, "over_refusal": args.over_refusal, "floor_risk": args.floor_risk,
+                   "ceiling_risk": args.ceiling_risk},
           loso_seeds=tuple(int(s) for s in args.loso_seeds.split(",") if s.strip()),
           command=" ".join(["python -m trajsafe_sdk.training.build_default", *map(shlex.quote, argv or sys.argv[1:])]))
     return 0

@@ -58,7 +58,10 @@ def fit_policy_for(records: Sequence[dict[str, Any]], ulogits: Sequence[np.ndarr
                       groups=["multi" if is_multi_turn(r) else "single" for r in records],
                       val_alone=None if alone is None else
                       [None if a is None else softmax(a[:, :N_ACT]) for a in alone],
-                      floor_risk=targets.get("floor_risk", Policy.floor_risk))
+                      val_alone_risks=None if alone is None else
+                      [None if a is None else softmax(a[:, N_ACT + N_CAT:])[:, 1] for a in alone],
+                      floor_risk=targets.get("floor_risk", Policy.floor_risk),
+                      ceiling_risk=targets.get("ceiling_risk", Policy.ceiling_risk))
 
 
 def items_for(records: Sequence[dict[str, Any]], actions: Sequence[list[str]]) -> list[dict[str, Any]]:

@@ -38,17 +38,21 @@ def runtime_actions(logits: np.ndarray, thresholds: dict[str, float], alone: np.
     risk = softmax(logits[:, N_ACT + N_CAT:].astype(np.float64))[:, 1]
     cats = softmax(logits[:, N_ACT:N_ACT + N_CAT].astype(np.float64))
     single = softmax(np.asarray(alone)[:, :N_ACT].astype(np.float64)) if alone is not None else None
-    return decide_turns(Policy.from_package(thresholds), probs, risk, cats, single)
+    single_risk = softmax(np.asarray(alone)[:, N_ACT + N_CAT:].astype(np.float64))[:, 1] if alone is not None else None
+    return decide_turns(Policy.from_package(thresholds), probs, risk, cats, single, single_risk)
 
 
 def decide_turns(policy: Policy, probs: np.ndarray, risk: np.ndarray, cats: np.ndarray | None = None,
-                 alone: np.ndarray | None = None) -> list[str]:
+                 alone: np.ndarray | None = None, alone_risk: np.ndarray | None = None) -> list[str]:
     """The policy's action per user turn of one conversation (fresh state), from per-turn action probabilities,
-    risks, category probabilities and the alone readings' action probabilities (when given)."""
+    risks, category probabilities and the alone readings' action probabilities and risks (when given)."""
     state: dict[str, Any] = {}
     cats = cats if cats is not None else np.tile(np.eye(N_CAT)[0], (len(probs), 1))
+    def has(values: np.ndarray | None, i: int) -> bool:
+        return values is not None and i < len(values)
     return [policy.decide(Assessment(i, "user", probs[i], cats[i], float(risk[i]), 0, 0.0,
-                                     alone_action_scores=alone[i] if alone is not None and i < len(alone) else None),
+                                     alone_action_scores=alone[i] if has(alone, i) else None,
+                                     alone_risk=float(alone_risk[i]) if has(alone_risk, i) else None),
                           state).action for i in range(len(probs))]
 
 
@@ -61,14 +65,16 @@ def user_rows(msgs: list[Message], encoder: MessageEncoder, n_rows: int) -> list
 def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: float,
                target_over_refusal: float, val_risks: list[np.ndarray] | None = None,
                groups: list[str] | None = None, val_alone: list[np.ndarray | None] | None = None,
-               floor_risk: float = Policy.floor_risk) -> dict[str, float]:
+               floor_risk: float = Policy.floor_risk, ceiling_risk: float = Policy.ceiling_risk,
+               val_alone_risks: list[np.ndarray | None] | None = None) -> dict[str, float]:
     """Thresholds maximising catch (then block) rate on a validation slice under friction/over-refusal targets.
 
     `val_probs[i]`: action probabilities `[n_user_turns, 5]` of conversation i; `val_risks[i]` its risks
     `[n_user_turns]` (when given, the risk probe threshold `probe_risk` is fitted too; 1.1 = off). With `groups`
     (e.g. single-turn / multi-turn), the benign targets must hold in every group, not only pooled. `floor_risk` is
     written into the policy as given; at 0 (the floor on every turn) the ladder is fitted on the floored readings
-    (`val_alone`, the messages read alone), which is what the runtime then decides from.
+    (`val_alone`, the messages read alone), which is what the runtime then decides from. `ceiling_risk` is written
+    as given too; the flagged-refuse fit decides with it (and the alone readings' risks, `val_alone_risks`).
     """
     if floor_risk <= 0 and val_alone is not None:
         val_probs = [p if a is None else np.concatenate([floor_action_scores(p[:len(a)], a[:len(p)]), p[len(a):]])
@@ -126,9 +132,10 @@ def fit_policy(val_probs: list[np.ndarray], labels: list[str], target_friction: 
     if risk_max is not None:
         policy["probe_risk"] = float(t_risk)
     policy["floor_risk"] = float(floor_risk)
+    policy["ceiling_risk"] = float(ceiling_risk)
     risks = val_risks if val_risks is not None else [np.zeros(len(p)) for p in val_probs]
     policy["flagged_refuse"] = fit_flagged_refuse(policy, val_probs, risks, benign_groups, target_over_refusal,
-                                                  val_alone)
+                                                  val_alone, val_alone_risks)
     return policy
 
 
@@ -138,7 +145,8 @@ FLAGGED_REFUSE_MIN = 0.5  # after a flag, refuse only where refusing is the moni
 
 def fit_flagged_refuse(policy: dict[str, float], val_probs: list[np.ndarray], val_risks: list[np.ndarray],
                        benign_groups: list[np.ndarray], target_over_refusal: float,
-                       val_alone: list[np.ndarray | None] | None = None) -> float:
+                       val_alone: list[np.ndarray | None] | None = None,
+                       val_alone_risks: list[np.ndarray | None] | None = None) -> float:
     """The lowest P(>= refuse) that refuses a turn of an already flagged conversation (`Policy.flagged_refuse`)
     while benign over-refusal, decided as the runtime decides (floor included, from the alone readings'
     action probabilities `val_alone`), stays within the target in every group; 1.1 (off) when none does."""
@@ -150,8 +158,9 @@ def fit_flagged_refuse(policy: dict[str, float], val_probs: list[np.ndarray], va
         refused = np.zeros(len(val_probs), bool)
         for i in np.flatnonzero(benign):
             alone = val_alone[i] if val_alone is not None else None
+            alone_risk = val_alone_risks[i] if val_alone_risks is not None else None
             refused[i] = any(a in ("refuse", "terminate")
-                             for a in decide_turns(pol, val_probs[i], val_risks[i], alone=alone))
+                             for a in decide_turns(pol, val_probs[i], val_risks[i], alone=alone, alone_risk=alone_risk))
         return max(float(refused[g].mean()) for g in benign_groups if g.any())
 
     for t in np.round(np.arange(FLAGGED_REFUSE_MIN, min(policy["refuse"], 0.96), 0.05), 3):
