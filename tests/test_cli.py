@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import data_dir
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trajsafe_sdk import cli
 from trajsafe_sdk.core import Monitor
@@ -33,7 +35,7 @@ from trajsafe_sdk.evaluation import (
 )
 from trajsafe_sdk.labels import ACTIONS, CATEGORIES, EXPECTATIONS
 from trajsafe_sdk.messages import Message
-from trajsafe_sdk.policy import Policy
+from trajsafe_sdk.policy import Policy, parse_settings
 from trajsafe_sdk.pool import SessionPool
 from trajsafe_sdk.runtime import cuda_usable
 from trajsafe_sdk.training.metrics import conversation_metrics
@@ -183,6 +185,48 @@ def test_eval_console_script(tiny_package: Path) -> None:
     assert text.returncode == 0 and text.stderr == ""
     assert "| overall" in text.stdout and "| catch | block | over-refusal | friction | earliness |" in text.stdout
     assert "by category" in text.stdout
+
+
+def test_policy_settings_are_laid_over_the_package_in_score_and_eval(tiny_package: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(g) + "\n" for g in GOOD))
+    def actions(*settings: str) -> list[str]:
+        dst = tmp_path / "out.jsonl"
+        args = [a for s in settings for a in ("--policy", s)]
+        assert cli.main(["score", str(src), "-o", str(dst), "-q", "--model", str(tiny_package), *args]) == 0
+        return [d["action"] for line in dst.read_text().splitlines() for d in json.loads(line)["decisions"]]
+    assert set(actions("refuse=0", "terminate=1.1")) == {"refuse"}  # every turn leans at least to refuse
+    assert set(actions(*(f"{k}=1.1" for k in ("probe", "steer", "refuse", "terminate", "probe_risk")))) == {"allow"}
+    report = run("eval", str(DEMO), "--json", "--model", str(tiny_package), "--provider", "cpu",
+                 "--policy", "ceiling_risk=0.9", "--policy", "sticky_terminate=false", "--policy", " steer = 0.7 ")
+    assert report.returncode == 0, report.stderr
+    policy = json.loads(report.stdout)["policy"]
+    assert (policy["ceiling_risk"], policy["sticky_terminate"], policy["steer"]) == (0.9, False, 0.7)
+    package = json.loads((tiny_package / "monitor.json").read_text())["policy"]
+    assert policy["refuse"] == package["refuse"]  # the rest stays the package's
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=30) | st.sampled_from(["steer=0.5", "ceiling_risk=0.9", "sticky_terminate=TRUE"]),
+                max_size=4))
+def test_policy_settings_parse_or_name_the_bad_pair(pairs: list[str]) -> None:
+    try:
+        parsed = parse_settings(pairs)
+    except ValueError as exc:
+        assert "policy setting" in str(exc)
+        return
+    for key, value in parsed.items():
+        assert key in Policy().to_dict()
+        assert isinstance(value, bool) if key == "sticky_terminate" else np.isfinite(value)
+
+
+@pytest.mark.parametrize("setting", ["foo=1", "steer", "steer=abc", "steer=-1", "steer=nan", "floor_risk=inf",
+                                     "sticky_terminate=maybe", "=0.5", "deescalate_risk=2"])
+def test_a_bad_policy_setting_is_a_usage_error_before_any_scoring(setting: str, tiny_package: Path) -> None:
+    for command in ("score", "eval"):
+        proc = run(command, str(DEMO), "--model", str(tiny_package), "--provider", "cpu", "--policy", setting)
+        assert proc.returncode == 2 and proc.stdout == "", (command, setting, proc.stdout[:200])
+        assert "--policy" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_demo_console_script(tiny_package: Path) -> None:

@@ -131,6 +131,15 @@ def test_batch_shards_match_local_score(ray_session, shards: Path, local, tiny_p
     assert [(e["line"], e["id"]) for e in errors] == [(3, None), (7, "bad-role"), (12, None), (15, 5), (21, None)]
 
 
+def test_batch_lays_policy_settings_over_the_package(ray_session, shards: Path, tiny_package: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "all.jsonl"
+    ray_batch.score_ray(str(shards), str(out), model=tiny_package, provider="cpu", workers=1,
+                        policy={"refuse": 0.0, "terminate": 1.1})
+    actions = {d["action"] for line in out.read_text().splitlines() for d in json.loads(line).get("decisions", [])}
+    assert actions == {"refuse"}
+
+
 def test_shards_are_runs_of_consecutive_lines_named_by_their_first_line(tmp_path: Path) -> None:
     import pyarrow as pa
 

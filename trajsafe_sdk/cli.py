@@ -58,6 +58,10 @@ def _parallelism(p: argparse.ArgumentParser, ray: bool) -> None:
         workers += (", or with --engine ray scoring actors, one monitor each (default: one per CPU of the "
                     "cluster)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help=workers)
+    p.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
+                   help="lay a policy setting over the package's (repeatable): a threshold (probe, steer, refuse, "
+                        "terminate) or a rule (probe_risk, deescalate_risk, flagged_refuse, floor_risk, "
+                        "ceiling_risk, sticky_terminate=true|false); e.g. --policy ceiling_risk=0.9")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -97,10 +101,25 @@ def _load_monitor(args: argparse.Namespace, threads: int | None = None) -> Any:
 def _scorer(args: argparse.Namespace) -> Any:
     """A Scorer for score/eval: on CPU, parallel single-threaded runs (one per core) unless told otherwise."""
     from .evaluation import Scorer
+    from .policy import Policy
 
     workers = args.workers
+    settings = policy_settings(args)
     monitor = _load_monitor(args, threads=1 if workers is None or workers > 1 else None)
-    return Scorer(monitor, batch_size=args.batch_size, workers=workers)
+    return Scorer(monitor, policy=Policy.from_package({**monitor.package.policy_defaults, **settings}),
+                  batch_size=args.batch_size, workers=workers)
+
+
+def policy_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """`--policy KEY=VALUE` settings, checked before any model loads (a usage error otherwise)."""
+    from .policy import DEFAULT_THRESHOLDS, Policy, parse_settings
+
+    try:
+        settings = parse_settings(getattr(args, "policy", None) or [])
+        Policy.from_package({**DEFAULT_THRESHOLDS, **settings})  # ranges
+    except ValueError as exc:
+        raise CliError(f"--policy: {exc}") from exc
+    return settings
 
 
 @contextlib.contextmanager

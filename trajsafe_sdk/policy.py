@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from .labels import ACTIONS, CATEGORIES
 
 DEFAULT_THRESHOLDS: dict[str, float] = {"probe": 0.5, "steer": 0.5, "refuse": 0.5, "terminate": 0.6}
 LADDER = ("terminate", "refuse", "steer", "probe")
+RULE_SETTINGS = ("sticky_terminate", "deescalate_risk", "probe_risk", "flagged_refuse", "floor_risk", "ceiling_risk")
 SEVERITY = {a: i for i, a in enumerate(ACTIONS)}  # allow < probe < steer < refuse < terminate
 
 
@@ -62,8 +64,7 @@ class Policy:
     def from_package(cls, defaults: Mapping[str, Any], **overrides: Any) -> Policy:
         thresholds = {k: float(defaults[k]) for k in LADDER if k in defaults}
         thresholds.update(overrides.pop("thresholds", {}) or {})
-        for key in ("sticky_terminate", "deescalate_risk", "probe_risk", "flagged_refuse", "floor_risk",
-                    "ceiling_risk"):
+        for key in RULE_SETTINGS:
             if key in defaults and key not in overrides:
                 overrides[key] = defaults[key]
         policy = cls(thresholds={**DEFAULT_THRESHOLDS, **thresholds}, **overrides)
@@ -181,6 +182,31 @@ class Policy:
             latency_ms=scores["latency_ms"],
             reason=reason,
         )
+
+
+def parse_settings(pairs: Iterable[str]) -> dict[str, float | bool]:
+    """`KEY=VALUE` pairs (the keys of `Policy.to_dict`, e.g. `steer=0.7`, `ceiling_risk=0.9`,
+    `sticky_terminate=false`) as policy settings to lay over a package's (`Policy.from_package({**defaults,
+    **settings})`); ValueError names the bad pair. Ranges are checked by `Policy.validate`."""
+    settings: dict[str, float | bool] = {}
+    for pair in pairs:
+        key, sep, value = (part.strip() for part in str(pair).partition("="))
+        if not sep or key not in (*LADDER, *RULE_SETTINGS):
+            raise ValueError(f"policy setting {pair!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join((*LADDER, *RULE_SETTINGS))}")
+        if key == "sticky_terminate":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"policy setting {pair!r}: sticky_terminate is true or false")
+            settings[key] = value.lower() == "true"
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"policy setting {pair!r}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ValueError(f"policy setting {pair!r}: {value!r} is not a finite number")
+        settings[key] = number
+    return settings
 
 
 def _reason(action: str, category: str, risk: float) -> str:

@@ -29,7 +29,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -204,11 +204,13 @@ class ScoreWorker:
 
     def __init__(self, package: PackageSource, provider: str = "cpu", variant: str | None = None,
                  threads: int | None = None, batch_size: int | None = None, chunk_lines: int = CHUNK_LINES,
-                 parallel: int = 1) -> None:
+                 parallel: int = 1, policy: Mapping[str, Any] | None = None) -> None:
         from ..core import Monitor
+        from ..policy import Policy
 
         monitor = Monitor.load(package.local_path(), provider=provider, variant=variant, threads=threads)
-        self.scorer = Scorer(monitor, batch_size=batch_size, workers=parallel)  # `parallel` runs of `threads`
+        rules = Policy.from_package({**monitor.package.policy_defaults, **(policy or {})})
+        self.scorer = Scorer(monitor, policy=rules, batch_size=batch_size, workers=parallel)  # `parallel` runs
         self.chunk_lines = chunk_lines
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -299,7 +301,8 @@ def build_dataset(inputs: Sequence[str] | None, *, package: PackageSource, provi
                   variant: str | None = None, threads: int | None = None, workers: int = 1,
                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, batch_size: int | None = None,
                   chunk_lines: int = CHUNK_LINES, rows_per_block: int = ROWS_PER_BLOCK,
-                  stdin_lines: Sequence[tuple[int, bytes]] | None = None) -> ray.data.Dataset:
+                  stdin_lines: Sequence[tuple[int, bytes]] | None = None,
+                  policy: Mapping[str, Any] | None = None) -> ray.data.Dataset:
     """The read -> score pipeline (rows: source, line, out, failed); lazy until consumed."""
     if stdin_lines is not None:
         ds = ray.data.from_arrow([_rows(0, chunk) for chunk in chunked(stdin_lines, rows_per_block)] or
@@ -318,7 +321,7 @@ def build_dataset(inputs: Sequence[str] | None, *, package: PackageSource, provi
         compute=ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
         fn_constructor_kwargs={"package": package, "provider": provider, "variant": variant,
                                "threads": ort_threads, "batch_size": batch_size, "chunk_lines": chunk_lines,
-                               "parallel": parallel})
+                               "parallel": parallel, "policy": dict(policy or {})})
 
 
 def is_single_file(output: str) -> bool:
@@ -331,12 +334,13 @@ def score_ray(inputs: str | Sequence[str], output: str, *, model: str | os.PathL
               workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
               batch_size: int | None = None, chunk_lines: int = CHUNK_LINES, rows_per_block: int = ROWS_PER_BLOCK,
               address: str | None = None, ship_model: bool = True, progress: bool = False,
-              init_kwargs: dict[str, Any] | None = None) -> RayScoreResult:
+              init_kwargs: dict[str, Any] | None = None, policy: Mapping[str, Any] | None = None) -> RayScoreResult:
     """Score JSONL conversations on Ray; `inputs`: files and/or folders of ``*.jsonl`` shards (``-``: stdin).
 
     `output`: a folder of shards, or one ordered file when it ends in ``.jsonl`` (``-``: stdout). Each input line
     yields exactly the output line of `trajsafe score` (error records included). `workers` actors (default: one
-    per `cpus_per_worker` CPUs of the cluster) each hold one monitor loaded once.
+    per `cpus_per_worker` CPUs of the cluster) each hold one monitor loaded once. `policy`: settings laid over the
+    package's policy (`trajsafe_sdk.policy.parse_settings`), as `trajsafe score --policy`.
     """
     connect(address, **(init_kwargs or {}))
     stdin_lines = None
@@ -352,7 +356,7 @@ def score_ray(inputs: str | Sequence[str], output: str, *, model: str | os.PathL
         ds = build_dataset(None if stdin_lines is not None else files, package=package, provider=provider,
                            variant=variant, threads=threads, workers=workers, cpus_per_worker=cpus_per_worker,
                            gpus_per_worker=gpus_per_worker, batch_size=batch_size, chunk_lines=chunk_lines,
-                           rows_per_block=rows_per_block, stdin_lines=stdin_lines)
+                           rows_per_block=rows_per_block, stdin_lines=stdin_lines, policy=policy)
         if single:
             lines, errors = _write_ordered(ds, output)
             return RayScoreResult(lines, errors, time.perf_counter() - started, workers, output, files)
@@ -398,6 +402,9 @@ def read_shards(output: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------- command line
 def cli_score(args: Any) -> int:
     """`trajsafe score --engine ray`: the arguments of the local command plus ``--address``/``--workers``."""
+    from ..cli import policy_settings
+
+    settings = policy_settings(args)
     quiet = getattr(args, "quiet", False)
     init_kwargs: dict[str, Any] = {"log_to_driver": not quiet, "include_dashboard": False}
     if quiet:  # Ray's own INFO lines too
@@ -408,7 +415,8 @@ def cli_score(args: Any) -> int:
         result = score_ray(args.input, args.output or "-", model=args.model, provider=args.provider,
                            variant=args.variant, threads=args.threads, workers=getattr(args, "workers", None),
                            batch_size=args.batch_size, chunk_lines=args.chunk, address=getattr(args, "address", None),
-                           progress=not quiet and sys.stderr.isatty(), init_kwargs=init_kwargs)
+                           progress=not quiet and sys.stderr.isatty(), init_kwargs=init_kwargs,
+                           policy=settings)
     except FileNotFoundError as exc:
         from ..cli import CliError
 
