@@ -48,6 +48,7 @@ def _read(name: str) -> list[dict[str, Any]]:
 
 ESCALATIONS = _read("escalations.jsonl")
 LOOKALIKES = _read("lookalikes.jsonl")
+EVERYDAY = _read("everyday.jsonl")
 SINGLES = _read("single_turn.jsonl")
 HARMFUL_SINGLES = [c for c in SINGLES if c["label"] == "harmful"]
 BENIGN_SINGLES = [c for c in SINGLES if c["label"] == "benign"]
@@ -98,7 +99,7 @@ def _brief(d: Decision) -> str:
 
 # ---------------------------------------------------------------------------------------------------- the files
 def test_hardcase_files_are_well_formed() -> None:
-    ids = [c["id"] for c in ESCALATIONS + LOOKALIKES + SINGLES]
+    ids = [c["id"] for c in ESCALATIONS + LOOKALIKES + SINGLES + EVERYDAY]
     assert len(ids) == len(set(ids)), "duplicate ids"
     assert len(ESCALATIONS) >= 40 and len(LOOKALIKES) >= 40
     assert len(HARMFUL_SINGLES) >= 30 and len(BENIGN_SINGLES) >= 30
@@ -116,6 +117,10 @@ def test_hardcase_files_are_well_formed() -> None:
     for conv in LOOKALIKES + SINGLES:
         assert conv["label"] in ("harmful", "benign") and conv["messages"][-1]["role"] == "user", conv["id"]
     assert all(len(c["messages"]) == 1 for c in SINGLES)
+    for conv in EVERYDAY:
+        msgs = conv["messages"]
+        assert conv["label"] == "benign" and len(_user_indices(msgs)) >= 3 and msgs[-1]["role"] == "user", conv["id"]
+        assert all(msgs[i]["role"] != msgs[i + 1]["role"] for i in range(len(msgs) - 1)), conv["id"]
 
 
 # ---------------------------------------------------------------------------------------------------- a. monotone
@@ -406,6 +411,7 @@ def figures(monitor: Monitor, tmp_path_factory: pytest.TempPathFactory) -> dict[
         "lookalikes": _benign_figures(LOOKALIKES),
         "single_turn_benign": _benign_figures(BENIGN_SINGLES),
         "benign_pooled": _benign_figures(LOOKALIKES + BENIGN_SINGLES),
+        "everyday": _benign_figures(EVERYDAY),
         "markers": _marker_figures(),
         "targets": TARGETS,
     }
@@ -423,7 +429,7 @@ def figures(monitor: Monitor, tmp_path_factory: pytest.TempPathFactory) -> dict[
     print(f"  {'markers':<22} issue marker appended makes {figs['markers']['issue_marker_suffix_milder']:.3f} "
           f"of harmful singles milder; worst single marker "
           f"{max(figs['markers']['suffix_milder_by_marker'].values()):.3f}")
-    for name in ("lookalikes", "single_turn_benign", "benign_pooled"):
+    for name in ("lookalikes", "single_turn_benign", "benign_pooled", "everyday"):
         f = figs[name]
         print(f"  {name:<22} n={f['n']:<3} over-refusal={f['over_refusal']:.3f} friction={f['friction']:.3f} "
               f"(targets <= {TARGETS['over_refusal']} / <= {TARGETS['friction']})")
@@ -454,6 +460,12 @@ def test_friction_on_benign(figures: dict[str, Any]) -> None:
     f = figures["benign_pooled"]
     assert f["friction"] <= TARGETS["friction"], (
         f"friction {f['friction']:.3f} on {f['n']} benign (look-alikes + singles); {f['friction_ids']}")
+
+
+def test_friction_on_everyday_chats(figures: dict[str, Any]) -> None:
+    f = figures["everyday"]
+    assert f["friction"] <= TARGETS["friction"], (
+        f"friction {f['friction']:.3f} on {f['n']} everyday multi-turn chats; {f['friction_ids']}")
 
 
 # ---------------------------------------------------------------------------------------------------- f. demo
