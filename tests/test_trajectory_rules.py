@@ -284,6 +284,39 @@ def test_a_failing_alone_read_is_that_line_s_error_and_the_guard_fails_closed(
     assert not calls and isinstance(answer, str) and answer  # the model was not called
 
 
+def test_a_failing_alone_read_under_the_ceiling_fails_closed(tiny_v2_monitor: Monitor,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ceiling reads a message alone where the trajectory would act in a benign-looking chat: a fault there
+    is that line's error in `trajsafe score` and a refusal under the fail-closed guard, never a milder action."""
+    from trajsafe_sdk.errors import MonitorError
+    from trajsafe_sdk.evaluation import Conversation, LineError, Scored, Scorer
+    from trajsafe_sdk.guard import Guard
+
+    real = Monitor.read_alone
+
+    def read_alone(self: Monitor, messages):  # noqa: ANN001
+        if any("BOOM" in m.content for m in messages):
+            raise MonitorError("simulated fault in the alone reading")
+        return real(self, messages)
+
+    monkeypatch.setattr(Monitor, "read_alone", read_alone)
+    acting = Policy(thresholds={"probe": 1.1, "steer": 0.0, "refuse": 1.1, "terminate": 1.1}, floor_risk=1.1,
+                    ceiling_risk=1.1)  # every turn is steered (the model is called); the ceiling reads alone
+    system = Message("system", "You are a helpful assistant.")  # so the first user message has an alone reading
+    convs = [Conversation(1, "bad", [system, Message("user", "BOOM")]),
+             Conversation(2, "ok", [system, Message("user", "thanks")])]
+    results = Scorer(tiny_v2_monitor, acting, batch_size=1, workers=1).score(convs)
+    assert isinstance(results[0], LineError) and "simulated fault" in results[0].error
+    assert isinstance(results[1], Scored) and len(results[1].decisions) == 1
+    calls: list = []
+    chat = Guard(lambda messages: calls.append(messages) or "sure", monitor=tiny_v2_monitor, policy=acting,
+                 fail_mode="closed")
+    assert chat([{"role": "system", "content": "You are a helpful assistant."}, _user("thanks")]) == "sure"
+    assert len(calls) == 1  # steered: the model is called
+    answer = chat([{"role": "system", "content": "You are a helpful assistant."}, _user("BOOM")])
+    assert len(calls) == 1 and isinstance(answer, str) and answer  # the fault: not called
+
+
 def test_scorer_reads_messages_alone_batched_under_the_every_turn_floor(tiny_v2_monitor: Monitor,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """With `floor_risk` 0 every user turn after the first is read alone: `trajsafe score` reads them in one batched
