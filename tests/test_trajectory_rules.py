@@ -254,13 +254,10 @@ def test_fit_flagged_refuse_keeps_benign_over_refusal_within_target() -> None:
     assert ACTIONS[3] == "refuse"
 
 
-def test_a_failing_alone_read_is_that_line_s_error_and_the_guard_fails_closed(
-        tiny_v2_monitor: Monitor, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The policy reads a message alone only where the floor binds: a fault there is a typed error for that
-    conversation in `trajsafe score`, and a refusal (fail closed) under the guard, never an unmonitored answer."""
+@pytest.fixture
+def boom_alone_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Monitor.read_alone` fails on any message containing BOOM (a simulated fault), reads the rest."""
     from trajsafe_sdk.errors import MonitorError
-    from trajsafe_sdk.evaluation import Conversation, LineError, Scored, Scorer
-    from trajsafe_sdk.guard import Guard
 
     real = Monitor.read_alone
 
@@ -270,6 +267,15 @@ def test_a_failing_alone_read_is_that_line_s_error_and_the_guard_fails_closed(
         return real(self, messages)
 
     monkeypatch.setattr(Monitor, "read_alone", read_alone)
+
+
+@pytest.mark.usefixtures("boom_alone_reads")
+def test_a_failing_alone_read_is_that_line_s_error_and_the_guard_fails_closed(tiny_v2_monitor: Monitor) -> None:
+    """The policy reads a message alone only where the floor binds: a fault there is a typed error for that
+    conversation in `trajsafe score`, and a refusal (fail closed) under the guard, never an unmonitored answer."""
+    from trajsafe_sdk.evaluation import Conversation, LineError, Scored, Scorer
+    from trajsafe_sdk.guard import Guard
+
     always = Policy(thresholds={"probe": 1.1, "steer": 1.1, "refuse": 1.1, "terminate": 1.1}, floor_risk=0.0)
     convs = [Conversation(1, "bad", [Message("user", "hello"), Message("assistant", "hi"), Message("user", "BOOM")]),
              Conversation(2, "ok", [Message("user", "hello"), Message("assistant", "hi"), Message("user", "thanks")])]
@@ -284,22 +290,13 @@ def test_a_failing_alone_read_is_that_line_s_error_and_the_guard_fails_closed(
     assert not calls and isinstance(answer, str) and answer  # the model was not called
 
 
-def test_a_failing_alone_read_under_the_ceiling_fails_closed(tiny_v2_monitor: Monitor,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("boom_alone_reads")
+def test_a_failing_alone_read_under_the_ceiling_fails_closed(tiny_v2_monitor: Monitor) -> None:
     """The ceiling reads a message alone where the trajectory would act in a benign-looking chat: a fault there
     is that line's error in `trajsafe score` and a refusal under the fail-closed guard, never a milder action."""
-    from trajsafe_sdk.errors import MonitorError
     from trajsafe_sdk.evaluation import Conversation, LineError, Scored, Scorer
     from trajsafe_sdk.guard import Guard
 
-    real = Monitor.read_alone
-
-    def read_alone(self: Monitor, messages):  # noqa: ANN001
-        if any("BOOM" in m.content for m in messages):
-            raise MonitorError("simulated fault in the alone reading")
-        return real(self, messages)
-
-    monkeypatch.setattr(Monitor, "read_alone", read_alone)
     acting = Policy(thresholds={"probe": 1.1, "steer": 0.0, "refuse": 1.1, "terminate": 1.1}, floor_risk=1.1,
                     ceiling_risk=1.1)  # every turn is steered (the model is called); the ceiling reads alone
     system = Message("system", "You are a helpful assistant.")  # so the first user message has an alone reading
