@@ -78,9 +78,7 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings in `monitor.json["policy"]` form (what `from_package` reads), JSON-ready."""
-        return {**self.thresholds, "probe_risk": self.probe_risk, "deescalate_risk": self.deescalate_risk,
-                "sticky_terminate": self.sticky_terminate, "flagged_refuse": self.flagged_refuse,
-                "floor_risk": self.floor_risk, "ceiling_risk": self.ceiling_risk}
+        return {**self.thresholds, **{name: getattr(self, name) for name in RULE_SETTINGS}}
 
     def validate(self) -> None:
         """Raise ValueError on an unknown action name or a threshold that is not a number >= 0."""
