@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -1319,6 +1319,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="intra-op threads for ONNX Runtime and torch (default: $TRAJSAFE_THREADS or all CPUs)")
     parser.add_argument("--no-peers", action="store_true", help="skip optimum and PyTorch")
     parser.add_argument("--no-pool", action="store_true", help="skip the 1,000-conversation pool memory test")
+    parser.add_argument("--turns", metavar="T,T,...", default=None,
+                        help="turns at which per-turn latency is timed (default 1,8,32,64; quick 1,32)")
+    parser.add_argument("--concurrency", metavar="N,N,...", default=None,
+                        help="concurrent conversations for the throughput phase (default 1,16,256; quick 1,16)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="conversations scored per call in the throughput phase (default 16)")
     parser.add_argument("--profile", action="store_true",
                         help="also run ONNX Runtime's profiler on our session at turn 1 and 32 (time per op type)")
     parser.add_argument("-o", "--output", metavar="FILE", default=None, help="also write the JSON results to FILE")
@@ -1332,6 +1338,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         print("trajsafe bench: error: --threads must be at least 1", file=sys.stderr)
         return 2
+    plan = Plan.quick() if args.quick else Plan()
+    try:
+        if args.turns:
+            plan = replace(plan, turns=tuple(int(n) for n in args.turns.split(",")))
+        if args.concurrency:
+            plan = replace(plan, concurrency=tuple(int(n) for n in args.concurrency.split(",")))
+        if args.max_batch is not None:
+            plan = replace(plan, max_batch=args.max_batch)
+        if min(plan.turns + plan.concurrency, default=0) < 1 or plan.max_batch < 1:
+            raise ValueError("must be positive")
+    except ValueError as exc:
+        print(f"trajsafe bench: error: --turns / --concurrency / --max-batch: {exc}", file=sys.stderr)
+        return 2
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     with contextlib.suppress(Exception):
         import onnxruntime as ort
@@ -1339,7 +1358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ort.set_default_logger_severity(3)  # the CUDA probe of --provider auto logs library errors otherwise
     try:
         result = run(args.model, args.provider, args.quick, args.threads, peers=not args.no_peers,
-                     pool=not args.no_pool, quiet=args.quiet, profile=args.profile)
+                     pool=not args.no_pool, quiet=args.quiet, plan=plan, profile=args.profile)
     except (BenchError, PackageError, TrajSafeError) as exc:
         print(f"trajsafe bench: error: {exc}", file=sys.stderr)
         return 2
