@@ -14,11 +14,12 @@ import os
 
 from setuptools import setup
 
-ONNXRUNTIME = {
+ONNXRUNTIME = {  # with the GPU build, onnx too: a q4 monitor's float16 form for CUDA is derived at load
     "auto": ["onnxruntime-gpu>=1.20; sys_platform == 'linux' and platform_machine == 'x86_64'",
+             "onnx>=1.16; sys_platform == 'linux' and platform_machine == 'x86_64'",
              "onnxruntime>=1.20; sys_platform != 'linux' or platform_machine != 'x86_64'"],
     "cpu": ["onnxruntime>=1.20"],
-    "gpu": ["onnxruntime-gpu>=1.20"],
+    "gpu": ["onnxruntime-gpu>=1.20", "onnx>=1.16"],
 }
 
 

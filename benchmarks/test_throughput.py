@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trajsafe_sdk.bench import TURN_TOKENS, _filled_cache, _round_fn
+from trajsafe_sdk.bench import TURN_TOKENS, _filled_cache, _round_fn, past_tokens
 
 
 @pytest.mark.parametrize("batch", [1, 16])
@@ -14,7 +14,7 @@ def test_throughput(benchmark, models, conversations: int, batch: int) -> None:
     if batch > conversations:
         pytest.skip("batch larger than the number of conversations")
     monitor = models.main_monitor()
-    past = 7 * TURN_TOKENS + 1
+    past = past_tokens(8)
     rng = np.random.default_rng(11)
     # prefix KV filled with random values: latency does not depend on them
     caches = [_filled_cache(monitor, past, rng) for _ in range(conversations)]

@@ -7,12 +7,14 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from .graph import ROPE_POSITIONS, build_monitor_graph
+from .quant import Q4Linear, Q4Table, unpack_nibbles
 
 # Ops that `quantize_int8` turns into int8 (the label head and the embedding Gather stay float32).
 INT8_EXCLUDED = ("label_head",)
@@ -55,6 +57,72 @@ def to_fp16(model_fp32: onnx.ModelProto) -> onnx.ModelProto:
     return build_monitor_graph(weights, arch, float_dtype="float16",
                                max_positions=int(props.get("trajsafe.max_positions", ROPE_POSITIONS)),
                                layout_ids=layout_ids)
+
+
+def _q4_linear(t: Mapping[str, np.ndarray], name: str) -> Q4Linear:
+    """The `Q4Linear` that `_linear` wrote as `{name}.q4` / `.scales` (/ `.offset`, absent when all zero)."""
+    packed = t[name + ".q4"]  # [N, K/32, 16]
+    n, blocks = packed.shape[:2]
+    offset = t[name + ".offset"].T if name + ".offset" in t else np.zeros((n, blocks), np.float32)
+    return Q4Linear(unpack_nibbles(packed).reshape(n, -1), t[name + ".scales"].reshape(n, blocks).astype(np.float32),
+                    np.ascontiguousarray(offset, np.float32))
+
+
+def _rows(weight: Q4Linear, start: int, stop: int, factor: float = 1.0) -> Q4Linear:
+    part = Q4Linear(weight.codes[start:stop], weight.scale[start:stop], weight.offset[start:stop])
+    return part if factor == 1.0 else part.scaled(factor)
+
+
+def q4_weights_from_model(model: onnx.ModelProto) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """HF-named weights (`Q4Linear` projections, a `Q4Table` embedding, float norms, pool and head), the
+    architecture and the trajsafe metadata of a 4-bit graph built by `build_monitor_graph` with a feature head:
+    what `build_monitor_graph` needs to build the same monitor again (in another float dtype)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    arch = json.loads(props["trajsafe.architecture"])
+    t = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    if "embed_tokens.q4" not in t or not any(k.startswith("head.") for k in t):
+        raise ValueError("not a 4-bit feature-head monitor graph")
+    heads, kv, d, n = int(arch["num_heads"]), int(arch["num_kv_heads"]), int(arch["head_dim"]), int(arch["num_layers"])
+    inv_scale = float(np.sqrt(d))  # q rows were scaled by 1/sqrt(head_dim) in the graph
+    weights: dict[str, Any] = {"model.embed_tokens.weight": Q4Table(
+        t["embed_tokens.q4"], t["embed_tokens.scale"], t["embed_tokens.min"], t.get("embed_tokens.index"))}
+    trunk = n - 1 if arch.get("pool_layers") else n
+    for i in range(trunk):
+        p, g = f"model.layers.{i}.", f"layers.{i}."
+        if i == n - 1:
+            kv_w, q_w = _q4_linear(t, g + "kv_proj"), _q4_linear(t, g + "q_proj")
+            parts = {"q": _rows(q_w, 0, heads * d, inv_scale), "k": _rows(kv_w, 0, kv * d),
+                     "v": _rows(kv_w, kv * d, 2 * kv * d)}
+        else:
+            qkv = _q4_linear(t, g + "qkv_proj")
+            parts = {"q": _rows(qkv, 0, heads * d, inv_scale), "k": _rows(qkv, heads * d, (heads + kv) * d),
+                     "v": _rows(qkv, (heads + kv) * d, (heads + 2 * kv) * d)}
+        gate_up = _q4_linear(t, g + "gate_up_proj")
+        inter = int(arch["intermediate_size"])
+        weights.update({f"{p}self_attn.{k}_proj.weight": w for k, w in parts.items()})
+        weights.update({
+            p + "self_attn.o_proj.weight": _q4_linear(t, g + "o_proj"),
+            p + "mlp.gate_proj.weight": _rows(gate_up, 0, inter),
+            p + "mlp.up_proj.weight": _rows(gate_up, inter, 2 * inter),
+            p + "mlp.down_proj.weight": _q4_linear(t, g + "down_proj"),
+            p + "input_layernorm.weight": t[g + "input_norm"].astype(np.float32),
+            p + "post_attention_layernorm.weight": t[g + "post_norm"].astype(np.float32),
+        })
+    for name, value in t.items():
+        if name.startswith("head.") or name == "pool.weight":  # stored transposed (x @ W^T)
+            weights[name] = value.astype(np.float32).T if value.ndim == 2 else value.astype(np.float32)
+    return weights, arch, props
+
+
+def q4_with_fp16_activations(model_q4: onnx.ModelProto) -> onnx.ModelProto:
+    """The same 4-bit monitor with float16 activations, KV and RoPE tables (norm statistics and `label_logits` in
+    float32): the form in which CUDA runs a q4 package, since ONNX Runtime's CUDA GroupQueryAttention has no float32
+    kernel (a float32 graph would run every attention layer on the CPU). The 4-bit codes are shared bit for bit."""
+    weights, arch, props = q4_weights_from_model(model_q4)
+    layout_ids = json.loads(props["trajsafe.layout_ids"]) if "trajsafe.layout_ids" in props else None
+    return build_monitor_graph(weights, arch, float_dtype="float16",
+                               max_positions=int(props.get("trajsafe.max_positions", ROPE_POSITIONS)),
+                               layout_ids=layout_ids, accuracy_level=0)
 
 
 class _DropPreprocessHint(logging.Filter):

@@ -20,7 +20,7 @@ from trajsafe_sdk.cli import demo_conversations
 from trajsafe_sdk.core import DeviceKVCache, Monitor, TrajectorySession
 from trajsafe_sdk.messages import Message
 from trajsafe_sdk.policy import Policy
-from trajsafe_sdk.runtime import cuda_usable, session_options
+from trajsafe_sdk.runtime import cuda_usable, runtime_graph, session_options
 
 CUDA_OK, CUDA_WHY = cuda_usable()
 if not CUDA_OK and os.environ.get("TRAJSAFE_REQUIRE_CUDA") == "1":  # a GPU check must not pass by skipping
@@ -90,38 +90,68 @@ def test_long_conversation_rewindows_on_the_device(cuda_monitor: Monitor) -> Non
         assert session.num_tokens <= cuda_monitor.context_limit
 
 
-def test_the_graph_runs_on_cuda(fp16_package: Path, tmp_path: Path, cuda_monitor: Monitor) -> None:
-    """Every compute node of the fp16 graph is placed on the CUDA provider (no silent CPU fallback)."""
+COMPUTE_OPS = {"GroupQueryAttention", "RotaryEmbedding", "ScatterElements", "MatMul", "FusedMatMul", "MatMulNBits",
+               "Softmax", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "Gather", "Mul", "Add"}
+
+
+def placed_ops(monitor: Monitor, source: Path | bytes, tmp_path: Path) -> set[tuple[str, str]]:
+    """(op type, provider) of every node that ran while `monitor` read CONVERSATION with the graph `source`,
+    from ONNX Runtime's profile."""
     opts = session_options()
     opts.enable_profiling = True
     opts.profile_file_prefix = str(tmp_path / "profile")
-    path = cuda_monitor.package.onnx_path("fp16")
-    profiled = ort.InferenceSession(str(path), opts, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    cuda_monitor.ort_session, original = profiled, cuda_monitor.ort_session
+    source = source if isinstance(source, bytes) else str(source)
+    profiled = ort.InferenceSession(source, opts, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monitor.ort_session, original = profiled, monitor.ort_session
     try:
-        cuda_monitor.new_session().extend(CONVERSATION)
+        monitor.new_session().extend(CONVERSATION)
     finally:
-        cuda_monitor.ort_session = original
+        monitor.ort_session = original
     events = json.loads(Path(profiled.end_profiling()).read_text())
-    placed = {(e["args"]["op_name"], e["args"].get("provider")) for e in events
-              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+    return {(e["args"]["op_name"], e["args"].get("provider")) for e in events
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+
+
+def assert_compute_on_cuda(placed: set[tuple[str, str]]) -> None:
     on_cpu = {op for op, provider in placed if provider == "CPUExecutionProvider"}
-    compute = {"GroupQueryAttention", "RotaryEmbedding", "ScatterElements", "MatMul", "FusedMatMul", "Softmax",
-               "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "Gather", "Mul", "Add"}
-    assert not on_cpu & compute, f"compute nodes on the CPU provider: {sorted(on_cpu & compute)}"
+    assert not on_cpu & COMPUTE_OPS, f"compute nodes on the CPU provider: {sorted(on_cpu & COMPUTE_OPS)}"
     assert ("GroupQueryAttention", "CUDAExecutionProvider") in placed
 
 
-def test_shipped_package_on_cuda_agrees_with_cpu() -> None:
-    """The embedded monitor's fp16 variant: CUDA against the CPU provider, scores and decisions on the demo."""
-    gpu = Monitor.load(provider="cuda")
-    cpu = Monitor.load(provider="cpu", variant=gpu.variant)
+def test_the_graph_runs_on_cuda(tmp_path: Path, cuda_monitor: Monitor) -> None:
+    """Every compute node of the fp16 graph is placed on the CUDA provider (no silent CPU fallback)."""
+    assert_compute_on_cuda(placed_ops(cuda_monitor, cuda_monitor.package.onnx_path("fp16"), tmp_path))
+
+
+@pytest.fixture(scope="module")
+def shipped_on_cuda() -> Monitor:
+    return Monitor.load(provider="cuda")
+
+
+def test_shipped_q4_package_runs_on_cuda_with_float16_activations(tmp_path: Path, shipped_on_cuda: Monitor) -> None:
+    """The embedded q4 monitor on CUDA: float16 activations and KV derived at load, every compute node on CUDA
+    (the q4 file as it is would run its attention on the CPU: CUDA GroupQueryAttention has no float32 kernel)."""
+    gpu = shipped_on_cuda
+    assert (gpu.provider, gpu.variant, gpu.activations, gpu.kv_dtype) == ("cuda", "q4", "float16", np.float16)
+    derived, _ = runtime_graph(gpu.package, gpu.variant, "cuda")
+    assert_compute_on_cuda(placed_ops(gpu, derived, tmp_path))
+
+
+def test_shipped_package_on_cuda_agrees_with_cpu(shipped_on_cuda: Monitor) -> None:
+    """On the demo: CUDA against the same derived graph on the CPU provider (scores), and against the shipped CPU
+    graph (decisions; its int8-quantised activations move scores by up to ~0.08, see test_monitor_v2)."""
+    gpu = shipped_on_cuda
+    derived, _ = runtime_graph(gpu.package, gpu.variant, "cuda")
+    same_graph = Monitor.load(provider="cpu")
+    same_graph.ort_session = ort.InferenceSession(derived, providers=["CPUExecutionProvider"])
+    same_graph.kv_dtype = np.float16
+    shipped_cpu = Monitor.load(provider="cpu")
     policy = Policy.from_package(gpu.package.policy_defaults)
     for conv in demo_conversations():
         messages = conv["messages"]
-        on_gpu, on_cpu = gpu.score(messages), cpu.score(messages)
-        assert_same(on_gpu, on_cpu, SAME_VARIANT_TOL)
+        on_gpu = gpu.score(messages)
+        assert_same(on_gpu, same_graph.score(messages), FP16_TOL)
         state_gpu: dict = {}
         state_cpu: dict = {}
-        for a, b in zip(on_gpu, on_cpu, strict=True):
+        for a, b in zip(on_gpu, shipped_cpu.score(messages), strict=True):
             assert policy.decide(a, state_gpu).action == policy.decide(b, state_cpu).action

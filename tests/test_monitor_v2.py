@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from parity import assert_same
 
 from trajsafe_sdk.core import length_feeds
 from trajsafe_sdk.kernels.graph import build_monitor_graph, empty_past
@@ -261,3 +262,70 @@ def test_kept_vocabulary_keeps_every_corpus_id_so_cached_features_stay_exact() -
     assert keep[corpus_ids].all() and (corpus_ids >= 1000).any()
     other = encoder.encode_conversation([Message("user", "Photosynthesis in chloroplasts")])[0]
     assert not keep[other].all()  # a text outside the corpus has ids that read the shared row
+
+
+# -- the q4 package on CUDA: the same 4-bit model with float16 activations, derived at load ---------------------
+def test_q4_graph_gives_back_the_weights_it_was_built_from() -> None:
+    """Rebuilding the shipped q4 graph from `q4_weights_from_model` gives it back initializer for initializer."""
+    import json
+
+    import onnx
+
+    from trajsafe_sdk.kernels.variants import q4_weights_from_model
+    from trajsafe_sdk.package import MonitorPackage
+
+    model = onnx.load(str(MonitorPackage.load().onnx_path("q4")))
+    weights, arch, props = q4_weights_from_model(model)
+    rebuilt = build_monitor_graph(weights, arch, max_positions=int(props["trajsafe.max_positions"]),
+                                  layout_ids=json.loads(props["trajsafe.layout_ids"]))
+    original = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    again = {i.name: onnx.numpy_helper.to_array(i) for i in rebuilt.graph.initializer}
+    assert original.keys() == again.keys()
+    for name, value in original.items():
+        assert value.dtype == again[name].dtype and np.array_equal(value, again[name]), name
+    assert [n.op_type for n in model.graph.node] == [n.op_type for n in rebuilt.graph.node]
+
+
+def test_q4_package_runs_on_cuda_with_float16_activations_that_agree_with_the_float_model() -> None:
+    """`runtime_graph` for CUDA: the same 4-bit codes, float16 activations and KV; run here on the CPU provider, its
+    scores are within fp16 error of the float32-activation model (MatMulNBits in float) and its decisions on the
+    demo equal the shipped CPU graph's (which quantises activations to int8 per block: scores differ by up to
+    ~0.08 there, decisions do not)."""
+    import json
+
+    import onnx
+
+    from trajsafe_sdk.cli import demo_conversations
+    from trajsafe_sdk.core import Monitor
+    from trajsafe_sdk.kernels.variants import q4_weights_from_model
+    from trajsafe_sdk.runtime import runtime_graph
+
+    shipped = Monitor.load(provider="cpu")
+    assert runtime_graph(shipped.package, "q4", "cpu") == (shipped.package.onnx_path("q4"), "float32")
+    derived, activations = runtime_graph(shipped.package, "q4", "cuda")
+    assert activations == "float16" and isinstance(derived, bytes)
+    model = onnx.load_from_string(derived)
+    kv_types = {i.type.tensor_type.elem_type for i in model.graph.input if i.name.startswith("past_")}
+    assert kv_types == {onnx.TensorProto.FLOAT16}
+    codes = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith(".q4")}
+    original = onnx.load(str(shipped.package.onnx_path("q4")))
+    assert all(np.array_equal(onnx.numpy_helper.to_array(i), codes[i.name])
+               for i in original.graph.initializer if i.name.endswith(".q4"))
+
+    def on_cpu(source: bytes, kv_dtype: type) -> Monitor:
+        monitor = Monitor.load(provider="cpu")
+        monitor.ort_session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+        monitor.kv_dtype = kv_dtype
+        return monitor
+
+    weights, arch, props = q4_weights_from_model(original)
+    float_model = build_monitor_graph(weights, arch, max_positions=int(props["trajsafe.max_positions"]),
+                                      layout_ids=json.loads(props["trajsafe.layout_ids"]), accuracy_level=0)
+    fp16, fp32 = on_cpu(derived, np.float16), on_cpu(float_model.SerializeToString(), np.float32)
+    policy = Policy.from_package(shipped.package.policy_defaults)
+    for conv in demo_conversations():
+        half, full, ref = (m.score(conv["messages"]) for m in (fp16, fp32, shipped))
+        assert_same(half, full, 0.02)
+        state_half: dict = {}
+        state_ref: dict = {}
+        assert [policy.decide(a, state_half).action for a in half] == [policy.decide(b, state_ref).action for b in ref]

@@ -718,12 +718,18 @@ def _token_ids(rng: np.random.Generator, vocab: int, n: int) -> np.ndarray:
     return rng.integers(FIRST_CONTENT_ID, vocab, n).astype(np.int64)
 
 
+def past_tokens(turn: int) -> int:
+    """Tokens cached before turn `turn`: the BOS at turn 1, then 64 per earlier turn with the BOS counted in the
+    first, so that turn 32's 64 new tokens end at 2,048, the monitors' context (CPU and CUDA caches alike)."""
+    return max(1, (turn - 1) * TURN_TOKENS)
+
+
 def turn_token_ids(arch: dict[str, Any], turn: int, new_tokens: int = TURN_TOKENS,
                    seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """(prefix, new) token ids of turn `turn`: bos + (turn-1) turns of 64 tokens, then `new_tokens` new ones."""
+    """(prefix, new) token ids of turn `turn`: `past_tokens(turn)` (BOS first), then `new_tokens` new ones."""
     rng = np.random.default_rng(seed)
     vocab = int(arch["vocab_size"])
-    prefix = np.concatenate([[1], _token_ids(rng, vocab, (turn - 1) * TURN_TOKENS)]).astype(np.int64)
+    prefix = np.concatenate([[1], _token_ids(rng, vocab, past_tokens(turn) - 1)]).astype(np.int64)
     return prefix, _token_ids(rng, vocab, new_tokens)
 
 
@@ -736,7 +742,7 @@ def latency_phase(models: Models, plan: Plan, quiet: bool) -> list[dict[str, Any
     vocab = int(models.arch["vocab_size"])
     rows = []
     for turn, new_tokens in points:
-        past = (turn - 1) * TURN_TOKENS + 1  # bos + the previous turns
+        past = past_tokens(turn)
         prefix = np.concatenate([[1], _token_ids(rng, vocab, past - 1)]).astype(np.int64)
         new = _token_ids(rng, vocab, new_tokens)
         cases, timed = {}, []
@@ -795,7 +801,7 @@ def throughput_phase(models: Models, plan: Plan, quiet: bool) -> list[dict[str, 
     from .core import KVCache
 
     rows = []
-    past = (plan.length_turn - 1) * TURN_TOKENS + 1
+    past = past_tokens(plan.length_turn)
     rng = np.random.default_rng(11)
     vocab = int(models.arch["vocab_size"])
     for variant, monitor in (models.ours or models.package).items():
@@ -1068,7 +1074,7 @@ def _targets(result: dict[str, Any], prefix: str, variants: list[str], turns: li
     ref = 32 if 32 in turns else max(turns)
     # Judged over the turns whose prefix fits the context (2048): beyond it a real session re-windows first.
     limit = int(result["model"].get("context_limit") or 2048)
-    judged = [str(t) for t in turns if (t - 1) * TURN_TOKENS + 1 <= limit] or [str(t) for t in turns]
+    judged = [str(t) for t in turns if past_tokens(t) + TURN_TOKENS <= limit] or [str(t) for t in turns]
     span = f"worst of turns {', '.join(judged)}"
     out: list[dict[str, Any]] = []
 
@@ -1156,11 +1162,11 @@ def render(result: dict[str, Any], markdown: bool = False) -> str:
     fl = [next((r for r in rows if r["turn"] == t and r["new_tokens"] == TURN_TOKENS and r["kind"] != "reencode"),
                None) for t in turns]
     table.append(["floor (arithmetic / measured GEMM rate)", *[_fmt(r["floor_ms"], 3) if r else "-" for r in fl]])
-    out.append(_table(["method", *[f"turn {t} (past {(t - 1) * TURN_TOKENS + 1})" for t in turns]], table, markdown))
+    out.append(_table(["method", *[f"turn {t} (past {past_tokens(t)})" for t in turns]], table, markdown))
     lengths = sorted({r["new_tokens"] for r in rows if r["turn"] == result["config"]["length_turn"]})
     lt = result["config"]["length_turn"]
     if len(lengths) > 1:
-        out.append(h(f"Message length at turn {lt} (past {(lt - 1) * TURN_TOKENS + 1} tokens; ms: median / p99; "
+        out.append(h(f"Message length at turn {lt} (past {past_tokens(lt)} tokens; ms: median / p99; "
                      "x floor for ours)"))
         table = []
         for meth in methods:
@@ -1226,7 +1232,7 @@ def render(result: dict[str, Any], markdown: bool = False) -> str:
                           [[o["op"], _fmt(o["ms"], 3), f"{100 * o['share']:.1f}%"] for o in ops], markdown))
         out.append("slowest nodes: " + ", ".join(f"{n['node']} {_fmt(n['ms'], 3)} ms" for n in prof["top_nodes"]))
     out.append(h("Targets (benchmark figures, not test asserts)"))
-    out.append(f"Turns whose prefix exceeds the {result['model'].get('context_limit', 2048)}-token context are "
+    out.append(f"Turns that end past the {result['model'].get('context_limit', 2048)}-token context are "
                "shown above but not judged: a real session re-windows before it gets there.")
     table = [[t["target"], _fmt(t["value"]) + (f" {t['note']}" if t["note"] else ""), f"{t['op']} {t['goal']:g}",
               {True: "met", False: "MISSED", None: "n/a"}[t["met"]]] for t in result["targets"]]

@@ -376,7 +376,8 @@ def collect_info(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
             "default_variant": pkg.manifest.get("default_variant", {}), "context_limit": pkg.context_limit,
             "policy": pkg.policy_defaults,
             "leave_source_out": (package_evaluation(pkg) or {}).get("text")})
-        info["onnxruntime"].update({"provider_chosen": monitor.provider, "variant": monitor.variant})
+        info["onnxruntime"].update({"provider_chosen": monitor.provider, "variant": monitor.variant,
+                                     "activations": monitor.activations})
     if monitor is not None and monitor.provider == "cuda":
         cuda: dict[str, Any] = {"usable": True, "reason": "chosen"}
     elif args.provider == "cpu":

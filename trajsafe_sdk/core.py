@@ -17,6 +17,7 @@ Fail closed: label logits that are not finite (NaN, or inf from an fp16 overflow
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,14 +28,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from .errors import MessageError, MonitorError, PackageError
+from .errors import MessageError, MonitorError, PackageError, ProviderError
 from .labels import ACTIONS, CATEGORIES
 from .layout import MessageEncoder
 from .messages import Message, normalize_messages
 from .package import MonitorPackage, check_graph_metadata
-from .runtime import open_session
+from .runtime import open_session, resolve_provider, runtime_graph
 
 N_ACT, N_CAT = len(ACTIONS), len(CATEGORIES)
+log = logging.getLogger("trajsafe_sdk")
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
 WINDOW_FRACTION = 0.75  # share of the context a re-encoded window may fill
 
@@ -282,22 +284,31 @@ class Monitor:
         self.head_dim = int(arch["head_dim"])
         self.context_limit = package.context_limit
         self.requested_provider = provider
-        chosen = variant or package.default_variant("cuda" if provider == "cuda" else "cpu")
-        path = package.onnx_path(chosen)
+        target = resolve_provider(provider)  # 'auto' -> 'cuda' where CUDA really runs
         try:
-            self.ort_session, self.provider = open_session(path, provider, threads)
+            self._open(variant, target, threads)
+        except ProviderError:
+            if provider != "auto" or target != "cuda":
+                raise
+            log.info("provider auto: the model did not open on CUDA, using CPU", exc_info=True)
+            self._open(variant, "cpu", threads)
+        self._check_graph()
+
+    def _open(self, variant: str | None, provider: str, threads: int | None) -> None:
+        """Open the variant (default: the package's for `provider`) on exactly `provider`, as `runtime_graph`
+        gives it."""
+        chosen = variant or self.package.default_variant(provider)
+        path = self.package.onnx_path(chosen)
+        source, self.activations = runtime_graph(self.package, chosen, provider)
+        try:
+            self.ort_session, self.provider = open_session(source, provider, threads)
         except Exception as exc:
             if isinstance(exc, PackageError) or exc.__class__.__module__.startswith("trajsafe_sdk"):
                 raise
             raise PackageError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
-        if variant is None and provider == "auto" and self.provider == "cuda":
-            cuda_variant = package.default_variant("cuda")
-            if cuda_variant != chosen:  # auto found CUDA: reopen on the CUDA variant
-                chosen = cuda_variant
-                self.ort_session, self.provider = open_session(package.onnx_path(chosen), "cuda", threads)
         self.variant = chosen
-        self.kv_dtype = KV_DTYPES[package.variant_file(chosen).get("kv_dtype", "float32")]
-        self._check_graph()
+        self.kv_dtype = KV_DTYPES[self.activations if source is not path else
+                                  self.package.variant_file(chosen).get("kv_dtype", "float32")]
 
     @classmethod
     def load(cls, path: str | Path | None = None, provider: str = "auto", variant: str | None = None,
@@ -318,7 +329,8 @@ class Monitor:
                                f"(expected {sorted(expected)}) for {self.num_layers} layers{hint}")
         meta = self.ort_session.get_modelmeta().custom_metadata_map
         check_graph_metadata(self.package, self.variant,
-                             {i.name: (list(i.shape), i.type) for i in self.ort_session.get_inputs()}, meta)
+                             {i.name: (list(i.shape), i.type) for i in self.ort_session.get_inputs()}, meta,
+                             activations=self.activations)
         try:
             self.max_positions = int(meta.get("trajsafe.max_positions", 0)) or None
         except ValueError as exc:

@@ -300,13 +300,16 @@ def check_layout(encoder: MessageEncoder, context_limit: int, where: Path) -> No
 
 
 def check_graph_metadata(package: MonitorPackage, variant: str, inputs: dict[str, tuple[list[Any], str]],
-                         metadata: dict[str, str]) -> None:
+                         metadata: dict[str, str], activations: str | None = None) -> None:
     """The ONNX graph of `variant` matches the manifest and tokenizer: the KV inputs' heads, head dim and dtype, the
     float dtype, the vocabulary (no token id past the embedding), and the marker ids it was trained with
-    (`trajsafe.layout_ids`, when the exporter recorded them). `inputs` maps input names to (shape, type)."""
+    (`trajsafe.layout_ids`, when the exporter recorded them). `inputs` maps input names to (shape, type).
+    `activations` other than the variant's own: a graph derived from the file in that float dtype (KV included)."""
     where = package.onnx_path(variant)
     arch, entry = package.architecture, package.variant_file(variant)
-    kv_dtype = entry.get("kv_dtype", "float32")
+    own = VARIANT_FLOAT_DTYPES.get(entry.get("dtype", "float32"))
+    derived = activations is not None and activations != own
+    kv_dtype = activations if derived else entry.get("kv_dtype", "float32")
     onnx_type = {"float32": "tensor(float)", "float16": "tensor(float16)"}[kv_dtype]
     for name, (shape, kind) in inputs.items():
         if not name.startswith("past_"):
@@ -319,7 +322,7 @@ def check_graph_metadata(package: MonitorPackage, variant: str, inputs: dict[str
             raise PackageError(f"{where}: {name} has shape {shape}, expected [batch, {arch['num_kv_heads']} "
                                f"(num_kv_heads), capacity, {arch['head_dim']} (head_dim)]")
     float_dtype = metadata.get("trajsafe.float_dtype")
-    expected = VARIANT_FLOAT_DTYPES.get(entry.get("dtype", "float32"))
+    expected = activations if derived else own
     if float_dtype is not None and expected is not None and float_dtype != expected:
         raise PackageError(f"{where}: a {float_dtype} graph, but files.{variant}.dtype says {entry.get('dtype')}")
     try:

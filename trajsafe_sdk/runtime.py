@@ -9,10 +9,12 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
 from .errors import ProviderError
+from .package import VARIANT_FLOAT_DTYPES
 
 log = logging.getLogger("trajsafe_sdk")
 
@@ -152,7 +154,29 @@ def resolve_provider(requested: str = "auto") -> str:
     return "cuda" if ok else "cpu"
 
 
-def open_session(onnx_path: Path | str, requested: str = "auto",
+def runtime_graph(package: Any, variant: str, provider: str) -> tuple[Path | bytes, str]:
+    """What `provider` runs for a package variant, and its activation dtype: the ONNX file itself, except a q4
+    (float32-activation) variant on CUDA, which runs as the same 4-bit model with float16 activations and KV derived
+    in memory (`kernels.variants.q4_with_fp16_activations`): ONNX Runtime's CUDA GroupQueryAttention has no float32
+    kernel, so the file as it is would run every attention layer on the CPU. Without the `onnx` package the file
+    runs as it is, with a warning."""
+    path = package.onnx_path(variant)
+    entry = package.variant_file(variant)
+    activations = VARIANT_FLOAT_DTYPES.get(entry.get("dtype", "float32"), "float32")
+    if provider != "cuda" or entry.get("dtype") != "q4" or "cuda" in entry.get("providers", ["cpu"]):
+        return path, activations
+    try:
+        import onnx
+
+        from .kernels.variants import q4_with_fp16_activations
+    except ImportError as exc:
+        log.warning("the q4 monitor runs its attention on the CPU under CUDA: deriving its float16 form needs the "
+                    "onnx package (%s); pip install onnx", exc)
+        return path, activations
+    return q4_with_fp16_activations(onnx.load(str(path))).SerializeToString(), "float16"
+
+
+def open_session(onnx_path: Path | str | bytes, requested: str = "auto",
                  threads: int | None = None) -> tuple[ort.InferenceSession, str]:
     """Open the model on the requested provider; 'auto' tries CUDA first and logs why it fell back."""
     if requested not in PROVIDER_CHOICES:
