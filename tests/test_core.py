@@ -174,6 +174,40 @@ def test_device_cache_batches_run_per_row(device_cache_monitor: Monitor, tiny_mo
         assert session.num_tokens == len(enc.bos_ids) + sum(len(enc.encode_message(m)) for m in conv)
 
 
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(convs=st.lists(conversation, min_size=2, max_size=6), prefix=st.lists(conversation, min_size=6, max_size=6))
+def test_concurrent_rows_equal_full_recompute(device_cache_monitor: Monitor, tiny_monitor: Monitor, convs,
+                                              prefix) -> None:
+    """Continuing turns of several conversations run as concurrent single-row runs (what CUDA does,
+    `row_workers`), on device caches with different pasts: each equals its own full recompute."""
+    device_cache_monitor.row_workers = 4
+    sessions = []
+    for i in range(len(convs)):
+        session = device_cache_monitor.new_session()
+        session.extend(prefix[i])
+        sessions.append(session)
+    batched = TrajectorySession.extend_batch(sessions, convs)
+    for i, conv in enumerate(convs):
+        full = tiny_monitor.score(prefix[i] + conv)
+        assert_same(batched[i], [a for a in full if a.message_index >= len(prefix[i])])
+
+
+def test_concurrent_rows_fail_closed_and_run_a_repeated_cache_in_order(device_cache_monitor: Monitor) -> None:
+    """A row that fails raises from the batch (no row's logits are returned for it), and one cache listed twice
+    runs its rows one after the other, as in a sequential loop."""
+    monitor = device_cache_monitor
+    monitor.row_workers = 4
+    ids = np.asarray(monitor.encoder.bos_ids + monitor.encoder.encode_message(Message("user", "hi")), np.int64)
+    caches = [monitor.new_cache() for _ in range(3)]
+    first = monitor.run(caches, [ids] * 3, [[len(ids) - 1]] * 3)
+    assert all(np.allclose(first[0], row) for row in first)
+    twice = monitor.new_cache()
+    monitor.run([twice, twice], [ids, ids], [[len(ids) - 1]] * 2)
+    assert twice.length == 2 * len(ids)
+    with pytest.raises(MonitorError):
+        monitor.run([monitor.new_cache(), caches[0]], [ids, np.full(3000, 5, np.int64)], [[0], [0]])
+
+
 def test_device_cache_is_context_sized(device_cache_monitor: Monitor) -> None:
     """The device cache never grows: a run past its capacity is a MonitorError, and sessions re-window first."""
     monitor = device_cache_monitor

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,6 +39,7 @@ from .runtime import open_session, resolve_provider, runtime_graph
 N_ACT, N_CAT = len(ACTIONS), len(CATEGORIES)
 log = logging.getLogger("trajsafe_sdk")
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+CUDA_ROW_WORKERS = 8  # continuing turns of a batch run as concurrent single-row runs on CUDA (each is launch-bound)
 WINDOW_FRACTION = 0.75  # share of the context a re-encoded window may fill
 
 
@@ -293,6 +295,11 @@ class Monitor:
             log.info("provider auto: the model did not open on CUDA, using CPU", exc_info=True)
             self._open(variant, "cpu", threads)
         self._check_graph()
+        # Rows that must run one at a time (GroupQueryAttention) run concurrently on CUDA, where one row's run is
+        # bound by kernel launches, not by the GPU; on the CPU they would only compete for the same cores.
+        self.row_workers = CUDA_ROW_WORKERS if self.provider == "cuda" else 1
+        self._row_pool: ThreadPoolExecutor | None = None
+        self._row_pool_lock = threading.Lock()
 
     def _open(self, variant: str | None, provider: str, threads: int | None) -> None:
         """Open the variant (default: the package's for `provider`) on exactly `provider`, as `runtime_graph`
@@ -367,8 +374,20 @@ class Monitor:
                 and not any(isinstance(c, DeviceKVCache) for c in caches):  # device caches stay on the device
             out = self._run_batch(caches, new_ids, score_positions)
         else:
-            out = [self._run_single(c, x, p) for c, x, p in zip(caches, new_ids, score_positions, strict=True)]
+            out = self._run_rows(caches, new_ids, score_positions)
         return self._finite(out)
+
+    def _run_rows(self, caches: Sequence[KVCache], new_ids: Sequence[np.ndarray],
+                  score_positions: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """One run per row, `row_workers` at a time (each row's cache is its own; a cache listed twice runs in
+        order)."""
+        rows = list(zip(caches, new_ids, score_positions, strict=True))
+        if self.row_workers < 2 or len(rows) < 2 or len({id(c) for c in caches}) < len(caches):
+            return [self._run_single(*row) for row in rows]
+        with self._row_pool_lock:
+            if self._row_pool is None:
+                self._row_pool = ThreadPoolExecutor(self.row_workers, thread_name_prefix="trajsafe-rows")
+        return list(self._row_pool.map(lambda row: self._run_single(*row), rows))
 
     def _finite(self, logits: list[np.ndarray]) -> list[np.ndarray]:
         """`logits` as they are; fail closed on any NaN or inf: a broken reading is never a low risk."""
