@@ -7,12 +7,12 @@
 # Without network: $ORT_PARTS names a folder of the parts made by `benchmarks/gpu_ship.sh prepare` (the trimmed
 # onnxruntime-gpu, unpacked into /tmp/site), and wheels in $WHEELS (default .whl) are installed into /tmp/site too,
 # ahead of the image's packages (never plain onnxruntime beside onnxruntime-gpu in one environment).
-# Usage: bash benchmarks/gpu_check.sh   (about 5 minutes; $BUDGET_S, default 500, bounds the optional full bench)
+# Usage: bash benchmarks/gpu_check.sh   (about 6 minutes; $BUDGET_S, default 400, bounds the optional full bench)
 set -uo pipefail
 OUT=${OUT:-gpu-check}
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
-BUDGET_S=${BUDGET_S:-500}
+BUDGET_S=${BUDGET_S:-400}
 mkdir -p "$OUT" /tmp/site
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 if [ -n "${ORT_PARTS:-}" ]; then
