@@ -39,17 +39,20 @@ export PYTHONUNBUFFERED=1 TRAJSAFE_REQUIRE_CUDA=1  # the gpu tests fail, not ski
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
 $PY -c "import onnxruntime as o; print(o.__version__, o.__file__, o.get_available_providers())" >>"$OUT/gpu.txt" 2>&1
 $PY -m trajsafe_sdk.cli info --json >"$OUT/info.json" 2>&1
-# Where ONNX Runtime places each node of the shipped package on CUDA (verbose log of one session's creation).
+# Where ONNX Runtime places each node of the graph CUDA runs for the shipped package (verbose session log).
 timeout 120 $PY - >"$OUT/placement.log" 2>&1 <<'EOF'
 import onnxruntime as ort
 from trajsafe_sdk.package import MonitorPackage
+from trajsafe_sdk.runtime import runtime_graph
 pkg = MonitorPackage.load()
-path = pkg.onnx_path(pkg.default_variant("cuda"))
+source, activations = runtime_graph(pkg, pkg.default_variant("cuda"), "cuda")
+print("the graph CUDA runs: activations", activations, flush=True)
 opts = ort.SessionOptions()
 opts.log_severity_level = 0
-ort.InferenceSession(str(path), sess_options=opts, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+ort.InferenceSession(source if isinstance(source, bytes) else str(source), sess_options=opts,
+                     providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 EOF
-grep -n -A12 "Node placements\|placed on" "$OUT/placement.log" | head -80 >"$OUT/placement.txt"
+grep -A30 "Node placements" "$OUT/placement.log" | cut -c60- | head -60 >"$OUT/placement.txt"
 timeout 200 $PY -m pytest -q -m gpu -rs tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
 tests=${PIPESTATUS[0]}
 peers=()
