@@ -164,9 +164,13 @@ def _embedding(b: _Builder, table: np.ndarray | Q4Table, ids: str) -> str:
 
 
 def _plain_norm(b: _Builder, x: str, eps: float) -> str:
-    """RMS normalisation without a weight."""
-    mean = b.op("ReduceMean", [b.op("Mul", [x, x], "feat_sq")], "feat_mean", axes=[-1], keepdims=1)
-    return b.op("Div", [x, b.op("Sqrt", [b.op("Add", [mean, b.fconst(eps)])], "feat_std")], "feat_norm")
+    """RMS normalisation without a weight, statistics in float32 as in `_rms_norm`: the pretrained trunk's hidden
+    states reach ~900 in a few dimensions, whose squares overflow float16 (max 65504)."""
+    xf = b.op("Cast", [x], "feat_cast", to=TensorProto.FLOAT) if b.float_dtype != "float32" else x
+    mean = b.op("ReduceMean", [b.op("Mul", [xf, xf], "feat_sq")], "feat_mean", axes=[-1], keepdims=1)
+    normed = b.op("Div", [xf, b.op("Sqrt", [b.op("Add", [mean, b.const(eps, np.float32)])], "feat_std")],
+                  "feat_norm")
+    return b.op("Cast", [normed], "feat_cast_back", to=b.onnx_dtype) if b.float_dtype != "float32" else normed
 
 
 def _feature_head(b: _Builder, features: list[str], weights: Mapping[str, Any], eps: float,
