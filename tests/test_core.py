@@ -85,14 +85,19 @@ def test_eviction_rebuild_equals_full_recompute(monitor: Monitor, conv) -> None:
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(convs=st.lists(conversation, min_size=2, max_size=5), prefix=st.lists(conversation, min_size=5, max_size=5))
 def test_batched_sessions_equal_single(monitor: Monitor, convs, prefix) -> None:
+    assert_batch_continues_as_full_recompute(monitor, monitor, convs, prefix)
+
+
+def assert_batch_continues_as_full_recompute(monitor: Monitor, reference: Monitor, convs, prefix) -> None:
+    """Sessions holding different prefixes, extended in one batch: each equals `reference` reading it whole."""
     sessions = []
     for i in range(len(convs)):
-        s = monitor.new_session()
-        s.extend(prefix[i])  # different past lengths
-        sessions.append(s)
+        session = monitor.new_session()
+        session.extend(prefix[i])  # different past lengths
+        sessions.append(session)
     batched = TrajectorySession.extend_batch(sessions, convs)
     for i, conv in enumerate(convs):
-        full = monitor.score(prefix[i] + conv)
+        full = reference.score(prefix[i] + conv)
         assert_same(batched[i], [a for a in full if a.message_index >= len(prefix[i])])
 
 
@@ -181,15 +186,7 @@ def test_concurrent_rows_equal_full_recompute(device_cache_monitor: Monitor, tin
     """Continuing turns of several conversations run as concurrent single-row runs (what CUDA does,
     `row_workers`), on device caches with different pasts: each equals its own full recompute."""
     device_cache_monitor.row_workers = 4
-    sessions = []
-    for i in range(len(convs)):
-        session = device_cache_monitor.new_session()
-        session.extend(prefix[i])
-        sessions.append(session)
-    batched = TrajectorySession.extend_batch(sessions, convs)
-    for i, conv in enumerate(convs):
-        full = tiny_monitor.score(prefix[i] + conv)
-        assert_same(batched[i], [a for a in full if a.message_index >= len(prefix[i])])
+    assert_batch_continues_as_full_recompute(device_cache_monitor, tiny_monitor, convs, prefix)
 
 
 def test_concurrent_rows_fail_closed_and_run_a_repeated_cache_in_order(device_cache_monitor: Monitor) -> None:
