@@ -441,7 +441,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                                     "onnxruntime-gpu (or onnxruntime for CPU only)"))
         rows += [("providers", ", ".join(rt["providers_available"])), ("requested", rt["provider_requested"])]
         if not error:
-            rows.append(("chosen", f"{rt['provider_chosen']} (variant {rt['variant']})"))
+            rows.append(("chosen", f"{rt['provider_chosen']} (variant {rt['variant']}, "
+                                   f"{rt['activations']} activations)"))
         cuda = rt["cuda"]
         rows.append(("cuda", "usable" if cuda["usable"] else f"not used: {cuda['reason']}"))
         rows += [("tokenizers", ver["tokenizers"]), ("numpy", ver["numpy"]),
