@@ -336,3 +336,17 @@ def test_q4_package_runs_on_cuda_with_float16_activations_that_agree_with_the_fl
         state_half: dict = {}
         state_ref: dict = {}
         assert [policy.decide(a, state_half).action for a in half] == [policy.decide(b, state_ref).action for b in ref]
+
+
+def test_a_q4_graph_without_a_float16_form_runs_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A q4 file the derivation cannot read still runs on CUDA, as the file (typed fallback, never a crash)."""
+    import trajsafe_sdk.kernels.variants as variants
+    from trajsafe_sdk.package import MonitorPackage
+    from trajsafe_sdk.runtime import runtime_graph
+
+    def unreadable(model: object) -> None:
+        raise ValueError("not a 4-bit feature-head monitor graph")
+
+    monkeypatch.setattr(variants, "q4_with_fp16_activations", unreadable)
+    package = MonitorPackage.load()
+    assert runtime_graph(package, "q4", "cuda") == (package.onnx_path("q4"), "float32")

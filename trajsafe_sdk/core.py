@@ -289,7 +289,7 @@ class Monitor:
         target = resolve_provider(provider)  # 'auto' -> 'cuda' where CUDA really runs
         try:
             self._open(variant, target, threads)
-        except ProviderError:
+        except (ProviderError, PackageError):
             if provider != "auto" or target != "cuda":
                 raise
             log.info("provider auto: the model did not open on CUDA, using CPU", exc_info=True)

@@ -158,8 +158,8 @@ def runtime_graph(package: Any, variant: str, provider: str) -> tuple[Path | byt
     """What `provider` runs for a package variant, and its activation dtype: the ONNX file itself, except a q4
     (float32-activation) variant on CUDA, which runs as the same 4-bit model with float16 activations and KV derived
     in memory (`kernels.variants.q4_with_fp16_activations`): ONNX Runtime's CUDA GroupQueryAttention has no float32
-    kernel, so the file as it is would run every attention layer on the CPU. Without the `onnx` package the file
-    runs as it is, with a warning."""
+    kernel, so the file as it is would run every attention layer on the CPU. Without the `onnx` package, or for a q4
+    graph of another form, the file runs as it is, with a warning."""
     path = package.onnx_path(variant)
     entry = package.variant_file(variant)
     activations = VARIANT_FLOAT_DTYPES.get(entry.get("dtype", "float32"), "float32")
@@ -173,7 +173,11 @@ def runtime_graph(package: Any, variant: str, provider: str) -> tuple[Path | byt
         log.warning("the q4 monitor runs its attention on the CPU under CUDA: deriving its float16 form needs the "
                     "onnx package (%s); pip install onnx", exc)
         return path, activations
-    return q4_with_fp16_activations(onnx.load(str(path))).SerializeToString(), "float16"
+    try:
+        return q4_with_fp16_activations(onnx.load(str(path))).SerializeToString(), "float16"
+    except (ValueError, KeyError) as exc:  # a q4 graph of another form: it still runs, attention on the CPU
+        log.warning("%s: no float16 form for CUDA (%s); running the file as it is", path, exc)
+        return path, activations
 
 
 def open_session(onnx_path: Path | str | bytes, requested: str = "auto",
