@@ -27,7 +27,6 @@ PLATFORM=(--only-binary=:all: --python-version 3.12 --implementation cp --platfo
 PEERS=(transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2 optimum==2.1.0 optimum-onnx==0.1.0)
 
 prepare() {
-  grep -qx '/.gpuparts/' .git/info/exclude 2>/dev/null || echo '/.gpuparts/' >>.git/info/exclude
   mkdir -p "$CACHE" .whl .gpuparts
   $PY -m pip download -q --no-deps "${PLATFORM[@]}" -d "$CACHE" "$ORT"
   $PY -m pip download -q --no-deps "${PLATFORM[@]}" -d .whl "${PEERS[@]}"
@@ -52,6 +51,7 @@ prepare() {
     [ -e "$f" ] && mv "$f" .gpuparts/model/
   done
   echo "prepared $k parts in .gpuparts/p1..p$k; the package's ONNX is parked in .gpuparts/model"
+  echo "afterwards: bash benchmarks/gpu_ship.sh restore"
   du -sh .gpuparts/* .whl
 }
 
