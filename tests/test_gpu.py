@@ -82,6 +82,21 @@ def test_fp16_on_cuda_matches_fp32_on_cpu(cuda_monitor: Monitor, cpu_reference: 
         assert_same(got_b, cpu_reference.score(conv), FP16_TOL)
 
 
+def test_continuing_rows_run_concurrently_on_cuda(cuda_monitor: Monitor, cpu_reference: Monitor) -> None:
+    """Continuing turns of conversations with different prefixes, run as concurrent single-row runs
+    (`row_workers`, 8 on CUDA), each against its own full recompute on the CPU."""
+    assert cuda_monitor.row_workers > 1
+    prefixes = [CONVERSATION[: 1 + i % len(CONVERSATION)] for i in range(12)]
+    sessions = []
+    for prefix in prefixes:
+        session = cuda_monitor.new_session()
+        session.extend(prefix)
+        sessions.append(session)
+    turns = [[Message("user", f"and what about case {i}?")] for i in range(len(prefixes))]
+    for prefix, turn, got in zip(prefixes, turns, TrajectorySession.extend_batch(sessions, turns), strict=True):
+        assert_same(got, cpu_reference.score(prefix + turn)[-1:], FP16_TOL)
+
+
 def test_long_conversation_rewindows_on_the_device(cuda_monitor: Monitor) -> None:
     session = cuda_monitor.new_session()
     text = " ".join(["history of the war and networks"] * 12)
