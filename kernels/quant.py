@@ -72,6 +72,10 @@ class Q4Linear:
         f = np.float32(factor)
         return Q4Linear(self.codes, self.scale * f, self.offset * f)
 
+    def rows(self, start: int, stop: int) -> Q4Linear:
+        """Output rows `start:stop` (one projection of a fused one; the inverse of `stack`)."""
+        return Q4Linear(self.codes[start:stop], self.scale[start:stop], self.offset[start:stop])
+
     @staticmethod
     def stack(parts: list[Q4Linear]) -> Q4Linear:
         """Rows of several projections in one (a fused q/k/v or gate/up projection)."""

@@ -68,11 +68,6 @@ def _q4_linear(t: Mapping[str, np.ndarray], name: str) -> Q4Linear:
                     np.ascontiguousarray(offset, np.float32))
 
 
-def _rows(weight: Q4Linear, start: int, stop: int, factor: float = 1.0) -> Q4Linear:
-    part = Q4Linear(weight.codes[start:stop], weight.scale[start:stop], weight.offset[start:stop])
-    return part if factor == 1.0 else part.scaled(factor)
-
-
 def q4_weights_from_model(model: onnx.ModelProto) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """HF-named weights (`Q4Linear` projections, a `Q4Table` embedding, float norms, pool and head), the
     architecture and the trajsafe metadata of a 4-bit graph built by `build_monitor_graph` with a feature head:
@@ -91,19 +86,19 @@ def q4_weights_from_model(model: onnx.ModelProto) -> tuple[dict[str, Any], dict[
         p, g = f"model.layers.{i}.", f"layers.{i}."
         if i == n - 1:
             kv_w, q_w = _q4_linear(t, g + "kv_proj"), _q4_linear(t, g + "q_proj")
-            parts = {"q": _rows(q_w, 0, heads * d, inv_scale), "k": _rows(kv_w, 0, kv * d),
-                     "v": _rows(kv_w, kv * d, 2 * kv * d)}
+            parts = {"q": q_w.rows(0, heads * d).scaled(inv_scale), "k": kv_w.rows(0, kv * d),
+                     "v": kv_w.rows(kv * d, 2 * kv * d)}
         else:
             qkv = _q4_linear(t, g + "qkv_proj")
-            parts = {"q": _rows(qkv, 0, heads * d, inv_scale), "k": _rows(qkv, heads * d, (heads + kv) * d),
-                     "v": _rows(qkv, (heads + kv) * d, (heads + 2 * kv) * d)}
+            parts = {"q": qkv.rows(0, heads * d).scaled(inv_scale), "k": qkv.rows(heads * d, (heads + kv) * d),
+                     "v": qkv.rows((heads + kv) * d, (heads + 2 * kv) * d)}
         gate_up = _q4_linear(t, g + "gate_up_proj")
         inter = int(arch["intermediate_size"])
         weights.update({f"{p}self_attn.{k}_proj.weight": w for k, w in parts.items()})
         weights.update({
             p + "self_attn.o_proj.weight": _q4_linear(t, g + "o_proj"),
-            p + "mlp.gate_proj.weight": _rows(gate_up, 0, inter),
-            p + "mlp.up_proj.weight": _rows(gate_up, inter, 2 * inter),
+            p + "mlp.gate_proj.weight": gate_up.rows(0, inter),
+            p + "mlp.up_proj.weight": gate_up.rows(inter, 2 * inter),
             p + "mlp.down_proj.weight": _q4_linear(t, g + "down_proj"),
             p + "input_layernorm.weight": t[g + "input_norm"].astype(np.float32),
             p + "post_attention_layernorm.weight": t[g + "post_norm"].astype(np.float32),

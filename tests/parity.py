@@ -17,3 +17,16 @@ def assert_same(a, b, tol: float = TOL) -> None:
     assert [x.message_index for x in a] == [x.message_index for x in b]
     if a:
         assert np.abs(scores(a) - scores(b)).max() <= tol
+
+
+def embedded_monitor_running(graph: bytes, kv_dtype: type):
+    """The embedded monitor on the CPU provider with its session replaced by `graph` (e.g. the float16 form CUDA
+    runs), to compare graphs on one machine."""
+    import onnxruntime as ort
+
+    from trajsafe_sdk.core import Monitor
+
+    monitor = Monitor.load(provider="cpu")
+    monitor.ort_session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    monitor.kv_dtype = kv_dtype
+    return monitor

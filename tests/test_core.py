@@ -486,6 +486,28 @@ def test_provider_errors(tiny_package: Path) -> None:
         assert Monitor.load(tiny_package, provider="auto").provider == "cpu"
 
 
+def test_auto_falls_back_to_the_cpu_when_the_model_does_not_open_on_cuda(tiny_package: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA that passes the probe but cannot open the model: `auto` runs on the CPU (the CPU variant and its KV
+    dtype), `cuda` is a ProviderError."""
+    import trajsafe_sdk.core as core
+
+    real_open = core.open_session
+
+    def no_cuda(source: object, provider: str, threads: int | None = None) -> object:
+        if provider == "cuda":
+            raise ProviderError("simulated: out of device memory")
+        return real_open(source, provider, threads)
+
+    monkeypatch.setattr(core, "resolve_provider", lambda requested="auto": "cpu" if requested == "cpu" else "cuda")
+    monkeypatch.setattr(core, "open_session", no_cuda)
+    monitor = Monitor.load(tiny_package, provider="auto")
+    assert (monitor.provider, monitor.variant) == ("cpu", monitor.package.default_variant("cpu"))
+    assert monitor.kv_dtype == np.float32 and monitor.row_workers == 1
+    with pytest.raises(ProviderError, match="simulated"):
+        Monitor.load(tiny_package, provider="cuda")
+
+
 def test_assess_many_with_nothing_new(tiny_monitor: Monitor) -> None:
     """A resent (or shortened) history in a batch reads nothing and returns no assessments."""
     pool = SessionPool(tiny_monitor)

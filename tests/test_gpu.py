@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from parity import assert_same
+from parity import assert_same, embedded_monitor_running
 
 from trajsafe_sdk.cli import demo_conversations
 from trajsafe_sdk.core import DeviceKVCache, Monitor, TrajectorySession
@@ -157,9 +157,7 @@ def test_shipped_package_on_cuda_agrees_with_cpu(shipped_on_cuda: Monitor) -> No
     graph (decisions; its int8-quantised activations move scores by up to ~0.08, see test_monitor_v2)."""
     gpu = shipped_on_cuda
     derived, _ = runtime_graph(gpu.package, gpu.variant, "cuda")
-    same_graph = Monitor.load(provider="cpu")
-    same_graph.ort_session = ort.InferenceSession(derived, providers=["CPUExecutionProvider"])
-    same_graph.kv_dtype = np.float16
+    same_graph = embedded_monitor_running(derived, np.float16)
     shipped_cpu = Monitor.load(provider="cpu")
     policy = Policy.from_package(gpu.package.policy_defaults)
     for conv in demo_conversations():

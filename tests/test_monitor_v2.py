@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from parity import assert_same
+from parity import assert_same, embedded_monitor_running
 
 from trajsafe_sdk.core import length_feeds
 from trajsafe_sdk.kernels.graph import build_monitor_graph, empty_past
@@ -319,16 +319,11 @@ def test_q4_package_runs_on_cuda_with_float16_activations_that_agree_with_the_fl
     assert all(np.array_equal(onnx.numpy_helper.to_array(i), codes[i.name])
                for i in original.graph.initializer if i.name.endswith(".q4"))
 
-    def on_cpu(source: bytes, kv_dtype: type) -> Monitor:
-        monitor = Monitor.load(provider="cpu")
-        monitor.ort_session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-        monitor.kv_dtype = kv_dtype
-        return monitor
-
     weights, arch, props = q4_weights_from_model(original)
     float_model = build_monitor_graph(weights, arch, max_positions=int(props["trajsafe.max_positions"]),
                                       layout_ids=json.loads(props["trajsafe.layout_ids"]), accuracy_level=0)
-    fp16, fp32 = on_cpu(derived, np.float16), on_cpu(float_model.SerializeToString(), np.float32)
+    fp16 = embedded_monitor_running(derived, np.float16)
+    fp32 = embedded_monitor_running(float_model.SerializeToString(), np.float32)
     policy = Policy.from_package(shipped.package.policy_defaults)
     for conv in demo_conversations():
         half, full, ref = (m.score(conv["messages"]) for m in (fp16, fp32, shipped))

@@ -810,40 +810,41 @@ def throughput_phase(models: Models, plan: Plan, quiet: bool) -> list[dict[str, 
         timed.update({f"package:{v}": m for v, m in models.package.items()})
     for variant, monitor in timed.items():
         parallel = monitor.row_workers
-        for n in plan.concurrency:
-            caches: list[KVCache] = []
-            for _ in range(n):  # prefix KV filled with random values: latency does not depend on them
-                caches.append(_filled_cache(monitor, past, rng))
-            new = [_token_ids(rng, vocab, TURN_TOKENS) for _ in range(n)]
-            largest = min(n, plan.max_batch)
-            # one row per call; a batch run row by row; and (CUDA) the batch's rows run concurrently
-            for batch, workers in dict.fromkeys([(1, 1), (largest, 1), (largest, min(parallel, largest))]):
-                monitor.row_workers = workers
-                one_round = _round_fn(monitor, caches, new, batch, past)
-                t_end = time.perf_counter() + 0.1  # warm-up, and let other thread pools go quiet
-                while True:
-                    est = one_round()[0]
-                    if time.perf_counter() >= t_end:
-                        break
-                rounds = plan.throughput_rounds if n > 1 else \
-                    int(min(plan.max_reps, max(plan.min_reps, plan.budget_s / max(est, 1e-6))))
-                totals, lats = [], []
-                for _ in range(rounds):
-                    total, lat = one_round()
-                    totals.append(total)
-                    lats += lat
-                row = {"variant": variant, "conversations": n, "batch": batch, "parallel_rows": workers,
-                       "past_tokens": past,
-                       "new_tokens": TURN_TOKENS, "rounds": rounds,
-                       "turns_per_s": n * rounds / float(np.sum(totals)),
-                       "latency_p50_ms": float(np.percentile(lats, 50)) * 1000,
-                       "latency_p99_ms": float(np.percentile(lats, 99)) * 1000}
-                rows.append(row)
-                _say(f"throughput {variant} N={n} batch {batch} ({workers} in parallel): "
-                     f"{row['turns_per_s']:.0f} turns/s, p99 {row['latency_p99_ms']:.1f} ms", quiet)
+        try:
+            for n in plan.concurrency:
+                caches: list[KVCache] = []
+                for _ in range(n):  # prefix KV filled with random values: latency does not depend on them
+                    caches.append(_filled_cache(monitor, past, rng))
+                new = [_token_ids(rng, vocab, TURN_TOKENS) for _ in range(n)]
+                largest = min(n, plan.max_batch)
+                # one row per call; a batch run row by row; and (CUDA) the batch's rows run concurrently
+                for batch, workers in dict.fromkeys([(1, 1), (largest, 1), (largest, min(parallel, largest))]):
+                    monitor.row_workers = workers
+                    one_round = _round_fn(monitor, caches, new, batch, past)
+                    t_end = time.perf_counter() + 0.1  # warm-up, and let other thread pools go quiet
+                    while True:
+                        est = one_round()[0]
+                        if time.perf_counter() >= t_end:
+                            break
+                    rounds = plan.throughput_rounds if n > 1 else \
+                        int(min(plan.max_reps, max(plan.min_reps, plan.budget_s / max(est, 1e-6))))
+                    totals, lats = [], []
+                    for _ in range(rounds):
+                        total, lat = one_round()
+                        totals.append(total)
+                        lats += lat
+                    row = {"variant": variant, "conversations": n, "batch": batch, "parallel_rows": workers,
+                           "past_tokens": past, "new_tokens": TURN_TOKENS, "rounds": rounds,
+                           "turns_per_s": n * rounds / float(np.sum(totals)),
+                           "latency_p50_ms": float(np.percentile(lats, 50)) * 1000,
+                           "latency_p99_ms": float(np.percentile(lats, 99)) * 1000}
+                    rows.append(row)
+                    _say(f"throughput {variant} N={n} batch {batch} ({workers} in parallel): "
+                         f"{row['turns_per_s']:.0f} turns/s, p99 {row['latency_p99_ms']:.1f} ms", quiet)
+                del caches
+                gc.collect()
+        finally:
             monitor.row_workers = parallel
-            del caches
-            gc.collect()
     return rows
 
 

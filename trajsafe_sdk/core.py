@@ -294,7 +294,9 @@ class Monitor:
                 raise
             log.info("provider auto: the model did not open on CUDA, using CPU", exc_info=True)
             self._open(variant, "cpu", threads)
-        self._check_graph()
+        self._check_graph()  # the KV inputs match the manifest (or the derived graph): their dtype is the cache's
+        past = next(i for i in self.ort_session.get_inputs() if i.name == "past_key.0")
+        self.kv_dtype = KV_DTYPES["float16" if past.type == "tensor(float16)" else "float32"]
         # Rows that must run one at a time (GroupQueryAttention) run concurrently on CUDA, where one row's run is
         # bound by kernel launches, not by the GPU; on the CPU they would only compete for the same cores.
         self.row_workers = CUDA_ROW_WORKERS if self.provider == "cuda" else 1
@@ -308,14 +310,12 @@ class Monitor:
         path = self.package.onnx_path(chosen)
         source, self.activations = runtime_graph(self.package, chosen, provider)
         try:
-            self.ort_session, self.provider = open_session(source, provider, threads)
+            self.ort_session = open_session(source, provider, threads)
         except Exception as exc:
             if isinstance(exc, PackageError) or exc.__class__.__module__.startswith("trajsafe_sdk"):
                 raise
             raise PackageError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
-        self.variant = chosen
-        self.kv_dtype = KV_DTYPES[self.activations if source is not path else
-                                  self.package.variant_file(chosen).get("kv_dtype", "float32")]
+        self.provider, self.variant = provider, chosen
 
     @classmethod
     def load(cls, path: str | Path | None = None, provider: str = "auto", variant: str | None = None,

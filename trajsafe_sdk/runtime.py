@@ -180,24 +180,14 @@ def runtime_graph(package: Any, variant: str, provider: str) -> tuple[Path | byt
         return path, activations
 
 
-def open_session(onnx_path: Path | str | bytes, requested: str = "auto",
-                 threads: int | None = None) -> tuple[ort.InferenceSession, str]:
-    """Open the model on the requested provider; 'auto' tries CUDA first and logs why it fell back."""
-    if requested not in PROVIDER_CHOICES:
-        raise ProviderError(f"unknown provider {requested!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
-    if requested == "cpu":
-        return create_session(onnx_path, "cpu", threads), "cpu"
-    if requested == "cuda":
-        try:
-            return open_cuda_session(onnx_path, threads), "cuda"
-        except ProviderError as exc:
-            raise ProviderError(f"provider 'cuda' was requested but cannot run here: {exc}; use provider 'cpu' "
-                                "or 'auto'") from None
-    if PROVIDER_NAMES["cuda"] in available_providers():
-        try:
-            return open_cuda_session(onnx_path, threads), "cuda"
-        except ProviderError as exc:
-            log.info("provider auto tried CUDA, using CPU: %s", exc)
-        except Exception as exc:  # driver/library errors surface as generic onnxruntime exceptions
-            log.info("provider auto tried CUDA, using CPU: CUDA session failed: %s", exc)
-    return create_session(onnx_path, "cpu", threads), "cpu"
+def open_session(onnx_path: Path | str | bytes, provider: str, threads: int | None = None) -> ort.InferenceSession:
+    """Open the model on exactly `provider` ('cpu' or 'cuda'; resolve 'auto' first with `resolve_provider`)."""
+    if provider == "cpu":
+        return create_session(onnx_path, "cpu", threads)
+    if provider != "cuda":
+        raise ProviderError(f"unknown provider {provider!r}; expected cpu or cuda (resolve auto first)")
+    try:
+        return open_cuda_session(onnx_path, threads)
+    except ProviderError as exc:
+        raise ProviderError(f"provider 'cuda' was requested but cannot run here: {exc}; use provider 'cpu' "
+                            "or 'auto'") from None
