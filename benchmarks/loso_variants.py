@@ -1,0 +1,98 @@
+"""Leave-source-out of head variants on cached trunk features (an experiment driver, not part of the build).
+
+    python benchmarks/loso_variants.py DATA_DIR WORK NAME '{"epochs": 3}' [--seed 0]
+
+WORK is a `build_default --work` folder whose feature cache already holds every conversation of the corpus (run
+`build_default DATA_DIR --out TMP --work WORK --no-loso` first after a corpus change). Writes
+WORK/variants/NAME.sSEED.json: the monitor's pooled and per-family figures, the per-fold policies and, per held-out
+conversation, the highest non-allow probability over its user turns (threshold-free: the AUROC printed at the end is
+computed from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from trajsafe_sdk.layout import MessageEncoder
+from trajsafe_sdk.training import loso
+from trajsafe_sdk.training.build_default import POLICY_TARGETS, TRUNKS, _singles, package_layout
+from trajsafe_sdk.training.dataset import build_corpus
+from trajsafe_sdk.training.features import FeatureStore
+from trajsafe_sdk.training.head import FeatureLayout, HeadConfig
+from trajsafe_sdk.training.pretrained import load_tokenizer
+from trajsafe_sdk.training.train import record_messages
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("work", type=Path)
+    p.add_argument("name")
+    p.add_argument("head", help="HeadConfig overrides as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--families", default="", help="comma-separated folds to run (default: all)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    trunk = TRUNKS[8]
+    records = (lambda c: c["train"] + c["dev"])(build_corpus(args.data_dir, seed=0))
+    tokenizer = load_tokenizer()
+    encoder = MessageEncoder(tokenizer, package_layout(tokenizer))
+    arch = {"hidden_size": 576, "num_layers": trunk.layers + 1}
+    store = FeatureStore(args.work / f"features.L{trunk.layers}.pkl")
+    convs = [record_messages(r) for r in records]
+    feats = store.extract(None, encoder, arch, convs)  # raises on a conversation the cache lacks
+    singles, owner = _singles(convs)
+    single_feats: list[list[np.ndarray]] = [[] for _ in records]
+    for k, f in zip(owner, store.extract(None, encoder, arch, singles), strict=True):
+        single_feats[k].append(f)
+    del store
+    cfg = HeadConfig(seed=args.seed, layers=trunk.feature_layers, pool_layers=trunk.pool_layers)
+    cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.head).items()})
+    layout = FeatureLayout(trunk.layers, tuple(trunk.pool_sources), 576)
+    scores: list[tuple[str, str, bool, float]] = []
+    run_fold = loso.run_fold
+
+    def scored_fold(records, train_idx, test_idx, feats, single_feats, encoder, cfg, layout, targets, ref=None):
+        out = run_fold(records, train_idx, test_idx, feats, single_feats, encoder, cfg, layout, targets, ref)
+        test = [records[i] for i in test_idx]
+        ulogits, _ = loso.monitor_logits(out["head"], test, [feats[i] for i in test_idx], None, encoder, layout, cfg)
+        for r, lg in zip(test, ulogits, strict=True):
+            act = float((1 - loso.softmax(lg[:, :5])[:, 0]).max()) if len(lg) else 0.0
+            scores.append((loso.family(r), r["label"], loso.is_multi_turn(r), act))
+        return out
+
+    loso.run_fold = scored_fold
+    report = loso.leave_source_out(records, feats, single_feats, encoder, cfg, layout, POLICY_TARGETS,
+                                   families=[f for f in args.families.split(",") if f] or None)
+    pooled = report["monitor"]["pooled"]
+    out = args.work / "variants" / f"{args.name}.s{args.seed}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"head": cfg.to_json(), "pooled": pooled, "families": report["monitor"]["families"],
+                               "policies": report["policies"], "scores": scores}, default=str))
+    harmful = np.array([s[1] == "harmful" for s in scores])
+    multi = np.array([s[2] for s in scores])
+    act = np.array([s[3] for s in scores])
+
+    def auroc(group: np.ndarray) -> str:
+        keep = group | ~harmful
+        return f"{roc_auc_score(harmful[keep], act[keep]):.3f}" if len(set(harmful[keep])) == 2 else "–"
+
+    def rate(group: str, key: str) -> str:
+        value = pooled[group][key]
+        return "–" if value is None else f"{value:.3f}"
+
+    print(f"{args.name} seed {args.seed}: multi-turn catch {rate('harmful_multi_turn', 'catch_rate')}, single-turn "
+          f"{rate('harmful_single_turn', 'catch_rate')}, over-refusal {rate('benign', 'over_refusal')}, friction "
+          f"{rate('benign', 'friction')}; AUROC multi-turn {auroc(harmful & multi)}, single-turn "
+          f"{auroc(harmful & ~multi)}")
+
+if __name__ == "__main__":
+    main()
