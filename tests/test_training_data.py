@@ -424,19 +424,6 @@ def test_intent_contrast_and_gradual_specific() -> None:
             assert risks == sorted(risks)
 
 
-def test_self_harm_disclosures_are_probed_and_their_twins_allowed() -> None:
-    rng = random.Random(6)
-    for _ in range(80):
-        h = synth.self_harm_disclosure(rng)
-        assert h["label"] == "harmful" and h["category"] == "self_harm"
-        users = [t for t in label_conversation(h) if h["messages"][t["message_index"]]["role"] == "user"]
-        disclosure = next(t for t in users if t["action"] != "allow")
-        assert disclosure["action"] == "probe"
-        assert users[-1]["action"] in ("probe", "refuse", "terminate")
-        b = synth.self_harm_twin(rng)
-        assert b["label"] == "benign" and {t["action"] for t in label_conversation(b)} == {"allow"}
-
-
 @needs_data
 def test_held_out_hard_cases_are_not_in_the_corpus() -> None:
     """tests/hardcases/ is evaluation only: none of its messages may reach the training corpus."""

@@ -100,8 +100,7 @@ SYNTH_BENIGN_RANGE = (600, 1500)  # classic benign synthetic conversations (same
 N_NEW = {"jailbreak": 800, "plain": 450, "plain_intent": 150, "marker_harmful": 350, "explicit_after_steer": 350,
          "monotone": 350, "gradual_specific": 350, "intent_contrast_harmful": 360, "lookalike_single": 550,
          "lookalike_multi": 500, "fp_recovery": 600, "marker_benign": 400, "wrapper_benign": 400,
-         "intent_contrast_benign": 480, "benign_gradual_specific": 360, "self_harm_disclosure": 240,
-         "self_harm_twin": 240, "prosocial_twin": 450}
+         "intent_contrast_benign": 480, "benign_gradual_specific": 360}
 MAX_SEED_WORDS = 60  # seeds wrapped by the v2 generators (keeps multi-turn conversations short)
 
 
@@ -238,9 +237,6 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         sid = f"synth-plain-intent-{k:05d}"
         cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
         emit(synth.plain_harmful(_rng(seed, sid), None, cat), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
-    for k in range(n_new["self_harm_disclosure"]):
-        sid = f"synth-self-harm-disclosure-{k:05d}"
-        emit(synth.self_harm_disclosure(_rng(seed, sid)), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
     n_harmful = sum(r["label"] == "harmful" for recs in out.values() for r in recs)
 
     # ---- benign: real dialogues, single requests, stitched chats, scary singles, synthetic scary-but-benign
@@ -302,17 +298,6 @@ def build_corpus(data_dir: Path, seed: int = 0, synthetic_per_seed: int = 2,
         sid = f"synth-benign-gradual-{k:05d}"
         cat = synth.HARM_CATEGORIES[k % len(synth.HARM_CATEGORIES)]
         emit(synth.benign_gradual_specific(_rng(seed, sid), cat), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
-    twins_made = 0
-    for it in _by_hash(short, "prosocial_twin"):
-        if twins_made >= n_new["prosocial_twin"]:
-            break
-        conv = synth.prosocial_twin(_rng(seed, f"prosocial_twin:{it.item_id}"), it.text)
-        if conv is not None:
-            emit(conv, f"{it.item_id}-prosocial_twin-{twins_made}", it.source, it.license, it.item_id)
-            twins_made += 1
-    for k in range(n_new["self_harm_twin"]):
-        sid = f"synth-self-harm-twin-{k:05d}"
-        emit(synth.self_harm_twin(_rng(seed, sid)), sid, SYNTHETIC_SOURCE, "Apache-2.0", sid)
     n_wb = n_new["wrapper_benign"]
     for k, it in enumerate(_stride(_by_hash(short_benign, "wrapper_benign"), n_wb // 2)):
         emit(synth.jailbreak_benign(_rng(seed, f"wrapper:{it.item_id}"), it.text), f"{it.item_id}-wrapper_benign-{k}",

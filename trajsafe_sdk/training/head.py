@@ -56,7 +56,6 @@ class HeadConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     dropout: float = 0.2
-    input_dropout: float = 0.0  # dropout on the standardised features while training (0: none)
     family_balance: float = 0.5  # record weight ∝ family_size ** -family_balance
     calibration: str = "rows"  # policy thresholds fitted on: "rows" (a random slice) or "families" (unseen ones)
     calibration_groups: int = 3
@@ -144,10 +143,7 @@ def train_head(rows: Rows, cfg: HeadConfig) -> dict[str, np.ndarray]:
     model.train()
     for _ in range(cfg.epochs):
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
-            xb, zb = x[idx], z[idx]
-            if cfg.input_dropout > 0:
-                xb, zb = F.dropout(xb, cfg.input_dropout), F.dropout(zb, cfg.input_dropout)
-            logits = model(xb, zb)
+            logits = model(x[idx], z[idx])
             wi = w[idx]
             l_act = (F.cross_entropy(logits[:, :N_ACT], act[idx], weight=act_w, reduction="none") * wi).sum()
             l_act = l_act / (act_w[act[idx]] * wi).sum()
