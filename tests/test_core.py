@@ -454,7 +454,7 @@ def test_corrupted_onnx_and_wrong_checksum(tiny_package: Path, tmp_path: Path) -
 
     manifest["files"]["fp32"]["sha256"] = sha256_file(onnx_file)
     (pkg / "monitor.json").write_text(json.dumps(manifest))
-    with pytest.raises(PackageError, match="onnxruntime cannot load"):
+    with pytest.raises(PackageError, match="cannot load this model"):
         Monitor.load(pkg, provider="cpu", variant="fp32")
     with pytest.raises(PackageError, match="no ONNX variant"):
         Monitor.load(tiny_package, provider="cpu", variant="int4")

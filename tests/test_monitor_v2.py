@@ -345,3 +345,19 @@ def test_a_q4_graph_without_a_float16_form_runs_as_it_is(monkeypatch: pytest.Mon
     monkeypatch.setattr(variants, "q4_with_fp16_activations", unreadable)
     package = MonitorPackage.load()
     assert runtime_graph(package, "q4", "cuda") == (package.onnx_path("q4"), "float32")
+
+
+def test_a_q4_file_that_cannot_be_read_for_cuda_is_a_package_error(tmp_path) -> None:
+    """Deriving the CUDA form reads the file before ONNX Runtime does: a corrupt file is a `PackageError` there too
+    (so `auto` falls back and `cuda` reports it), never an untyped parser exception."""
+    from packages import copy_package
+
+    from trajsafe_sdk.core import Monitor
+    from trajsafe_sdk.errors import PackageError
+    from trajsafe_sdk.package import MonitorPackage
+
+    pkg = copy_package(MonitorPackage.load().path, tmp_path / "pkg")
+    monitor = Monitor.load(pkg, provider="cpu")
+    monitor.package.onnx_path("q4").write_bytes(b"\x0a\xff not an onnx model")
+    with pytest.raises(PackageError):
+        monitor._open(None, "cuda", 1)

@@ -308,13 +308,13 @@ class Monitor:
         gives it."""
         chosen = variant or self.package.default_variant(provider)
         path = self.package.onnx_path(chosen)
-        source, self.activations = runtime_graph(self.package, chosen, provider)
-        try:
+        try:  # deriving the CUDA form reads the file too: a file neither can read is a PackageError
+            source, self.activations = runtime_graph(self.package, chosen, provider)
             self.ort_session = open_session(source, provider, threads)
         except Exception as exc:
             if isinstance(exc, PackageError) or exc.__class__.__module__.startswith("trajsafe_sdk"):
                 raise
-            raise PackageError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
+            raise PackageError(f"{path}: cannot load this model ({exc})") from exc
         self.provider, self.variant = provider, chosen
 
     @classmethod

@@ -9,12 +9,11 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import onnxruntime as ort
 
 from .errors import ProviderError
-from .package import VARIANT_FLOAT_DTYPES
+from .package import VARIANT_FLOAT_DTYPES, MonitorPackage
 
 log = logging.getLogger("trajsafe_sdk")
 
@@ -154,7 +153,7 @@ def resolve_provider(requested: str = "auto") -> str:
     return "cuda" if ok else "cpu"
 
 
-def runtime_graph(package: Any, variant: str, provider: str) -> tuple[Path | bytes, str]:
+def runtime_graph(package: MonitorPackage, variant: str, provider: str) -> tuple[Path | bytes, str]:
     """What `provider` runs for a package variant, and its activation dtype: the ONNX file itself, except a q4
     (float32-activation) variant on CUDA, which runs as the same 4-bit model with float16 activations and KV derived
     in memory (`kernels.variants.q4_with_fp16_activations`): ONNX Runtime's CUDA GroupQueryAttention has no float32
