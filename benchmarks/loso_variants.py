@@ -1,6 +1,6 @@
 """Leave-source-out of head variants on cached trunk features (an experiment driver, not part of the build).
 
-    python benchmarks/loso_variants.py DATA_DIR WORK NAME '{"epochs": 3}' [--seed 0]
+    python benchmarks/loso_variants.py DATA_DIR WORK NAME '{"epochs": 3}' [--seed 0] [--trunk-layers 8]
 
 WORK is a `build_default --work` folder whose feature cache already holds every conversation of the corpus (run
 `build_default DATA_DIR --out TMP --work WORK --no-loso` first after a corpus change). Writes
@@ -39,9 +39,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--families", default="", help="comma-separated folds to run (default: all)")
+    p.add_argument("--trunk-layers", type=int, choices=sorted(TRUNKS), default=8,
+                   help="whose feature cache WORK holds (build_default --trunk-layers)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    trunk = TRUNKS[8]
+    trunk = TRUNKS[args.trunk_layers]
     records = (lambda c: c["train"] + c["dev"])(build_corpus(args.data_dir, seed=0))
     tokenizer = load_tokenizer()
     encoder = MessageEncoder(tokenizer, package_layout(tokenizer))

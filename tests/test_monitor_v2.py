@@ -179,6 +179,21 @@ def test_leave_source_out_folds_drop_the_held_out_seeds() -> None:
     assert fold(records, "synthetic") == ([0, 1], [2, 3, 4])
 
 
+@pytest.mark.parametrize("layers", [5, 8, 16])
+def test_every_trunk_reads_only_layers_it_extracts(layers: int) -> None:
+    from trajsafe_sdk.training.build_default import TRUNKS
+    from trajsafe_sdk.training.head import FeatureLayout
+
+    trunk = TRUNKS[layers]
+    assert trunk.layers == layers
+    assert set(trunk.feature_layers) <= set(range(layers)) and set(trunk.pool_layers) <= set(trunk.pool_sources)
+    layout = FeatureLayout(trunk.layers, trunk.pool_sources, 4)
+    row = np.arange((layers + len(trunk.pool_sources)) * 4, dtype=np.float32)[None]
+    last = trunk.pool_sources.index(trunk.pool_layers[-1])
+    assert layout.token(row, trunk.feature_layers)[0, -1] == trunk.feature_layers[-1] * 4 + 3
+    assert layout.pooled(row, trunk.pool_layers)[0, -1] == (layers + last) * 4 + 3
+
+
 def test_head_learns_a_separable_problem() -> None:
     pytest.importorskip("torch")
     from trajsafe_sdk.training.head import HeadConfig, Rows, head_logits, train_head

@@ -127,7 +127,10 @@ class Trunk:
 
 
 TRUNKS = {5: Trunk(5, (1, 2, 3, 4), (4,), (2, 4)),  # the previous default monitor (README: compared)
-          8: Trunk(8, (2, 4, 5, 6, 7), (7,), (2, 5, 7), vocab_rank_kept=28672)}  # the shipped monitor
+          8: Trunk(8, (2, 4, 5, 6, 7), (7,), (2, 5, 7), vocab_rank_kept=28672),  # the shipped monitor
+          # half the checkpoint's depth, an experiment (README): leave-source-out AUROC +0.04-0.06 multi-turn, +0.03
+          # single-turn, but a 65 MB package (the build refuses it) and twice the per-turn latency
+          16: Trunk(16, (2, 5, 7, 11, 15), (15,), (2, 7, 15))}
 SMOKE_TRUNK = Trunk(2, (0, 1), (1,), (0, 1), vocab_rank_kept=16384)  # pruned, so CI builds that path too
 # On the in-distribution validation slice. A source the monitor never saw raises both rates several times over
 # (leave-source-out: friction about 5x, over-refusal about 9x at 0.015), so over-refusal gets a margin of six under
@@ -353,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="folder for the feature cache and reports")
     p.add_argument("--no-loso", action="store_true", help="skip the leave-source-out evaluation")
     p.add_argument("--trunk-layers", type=int, choices=sorted(TRUNKS), default=8,
-                   help="checkpoint layers to read: 8 (the shipped monitor) or 5 (its predecessor; README)")
+                   help="checkpoint layers to read: 8 (the shipped monitor), 5 (its predecessor) or 16 (an "
+                        "experiment; README)")
     p.add_argument("--calibration", choices=("rows", "families"), default="rows",
                    help="fit the policy thresholds on a random validation slice (rows; default) or on families the "
                         "scoring head has not seen (families: the targets hold on new sources, at lower catch; "
