@@ -539,10 +539,11 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     write_package(out, tokenizer=tokenizer, onnx_files=files, architecture=final_arch, name="trajsafe-monitor",
                   version="2.0.0", context_limit=2048, policy=policy, default_variant={"cpu": VARIANT, "cuda": VARIANT},
                   layout=layout, card=render_card(info), extra=extra)
+    (work / "card_info.json").write_text(json.dumps(info, indent=2, default=str))  # kept if the size check fails
     total_mb = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
     if total_mb > MAX_PACKAGE_MB:
-        raise RuntimeError(f"package is {total_mb:.1f} MB, over the {MAX_PACKAGE_MB} MB budget")
-    (work / "card_info.json").write_text(json.dumps(info, indent=2, default=str))
+        raise RuntimeError(f"package is {total_mb:.1f} MB, over the {MAX_PACKAGE_MB} MB budget (report: "
+                           f"{work / 'card_info.json'})")
     summary = {"out": str(out), "wall_minutes": (time.time() - t0) / 60, "policy": policy, "parity": parity,
                "package_mb": total_mb, "pooled": {k: report[k]["pooled"] for k in report if k in
                                                   ("monitor", "last_message", "reference")}}
