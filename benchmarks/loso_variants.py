@@ -22,12 +22,14 @@ from sklearn.metrics import roc_auc_score
 
 from trajsafe_sdk.layout import MessageEncoder
 from trajsafe_sdk.training import loso
-from trajsafe_sdk.training.build_default import POLICY_TARGETS, TRUNKS, _singles, package_layout
+from trajsafe_sdk.training.build_default import POLICY_TARGETS, TRUNKS, package_layout
 from trajsafe_sdk.training.dataset import build_corpus
 from trajsafe_sdk.training.features import FeatureStore
 from trajsafe_sdk.training.head import FeatureLayout, HeadConfig
 from trajsafe_sdk.training.pretrained import load_tokenizer
 from trajsafe_sdk.training.train import record_messages
+
+HIDDEN = 576  # SmolLM2-135M's hidden size: the width of each layer's columns in the cache
 
 
 def main() -> None:
@@ -44,36 +46,20 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     trunk = TRUNKS[args.trunk_layers]
-    records = (lambda c: c["train"] + c["dev"])(build_corpus(args.data_dir, seed=0))
+    corpus = build_corpus(args.data_dir, seed=0)
+    records = corpus["train"] + corpus["dev"]
     tokenizer = load_tokenizer()
     encoder = MessageEncoder(tokenizer, package_layout(tokenizer))
-    arch = {"hidden_size": 576, "num_layers": trunk.layers + 1}
+    arch = {"hidden_size": HIDDEN, "num_layers": trunk.layers + 1}
     store = FeatureStore(args.work / f"features.L{trunk.layers}.pkl")
-    convs = [record_messages(r) for r in records]
-    feats = store.extract(None, encoder, arch, convs)  # raises on a conversation the cache lacks
-    singles, owner = _singles(convs)
-    single_feats: list[list[np.ndarray]] = [[] for _ in records]
-    for k, f in zip(owner, store.extract(None, encoder, arch, singles), strict=True):
-        single_feats[k].append(f)
+    feats, single_feats = store.extract_corpus(None, encoder, arch, [record_messages(r) for r in records])
     del store
     cfg = HeadConfig(seed=args.seed, layers=trunk.feature_layers, pool_layers=trunk.pool_layers)
     cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.head).items()})
-    layout = FeatureLayout(trunk.layers, tuple(trunk.pool_sources), 576)
-    scores: list[tuple[str, str, bool, float]] = []
-    run_fold = loso.run_fold
-
-    def scored_fold(records, train_idx, test_idx, feats, single_feats, encoder, cfg, layout, targets, ref=None):
-        out = run_fold(records, train_idx, test_idx, feats, single_feats, encoder, cfg, layout, targets, ref)
-        test = [records[i] for i in test_idx]
-        ulogits, _ = loso.monitor_logits(out["head"], test, [feats[i] for i in test_idx], None, encoder, layout, cfg)
-        for r, lg in zip(test, ulogits, strict=True):
-            act = float((1 - loso.softmax(lg[:, :5])[:, 0]).max()) if len(lg) else 0.0
-            scores.append((loso.family(r), r["label"], loso.is_multi_turn(r), act))
-        return out
-
-    loso.run_fold = scored_fold
+    layout = FeatureLayout(trunk.layers, tuple(trunk.pool_sources), HIDDEN)
     report = loso.leave_source_out(records, feats, single_feats, encoder, cfg, layout, POLICY_TARGETS,
                                    families=[f for f in args.families.split(",") if f] or None)
+    scores = [(it["family"], it["label"], it["multi_turn"], it["non_allow"]) for it in report["items"]]
     pooled = report["monitor"]["pooled"]
     out = args.work / "variants" / f"{args.name}.s{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

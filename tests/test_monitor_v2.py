@@ -194,6 +194,27 @@ def test_every_trunk_reads_only_layers_it_extracts(layers: int) -> None:
     assert layout.pooled(row, trunk.pool_layers)[0, -1] == (layers + last) * 4 + 3
 
 
+def test_non_allow_score_is_the_highest_odds_of_acting_over_user_turns() -> None:
+    from trajsafe_sdk.training.loso import non_allow_score
+
+    logits = np.full((2, 20), -9.0, np.float32)
+    logits[0, 0] = 9.0  # allow
+    logits[1, 3] = 9.0  # refuse
+    assert non_allow_score(logits[:1]) < 1e-6 and non_allow_score(logits) > 1 - 1e-6
+    assert non_allow_score(logits[:0]) == 0.0
+
+
+def test_a_feature_store_without_a_graph_refuses_uncached_conversations(tmp_path, tiny_monitor) -> None:
+    from trajsafe_sdk.messages import Message
+    from trajsafe_sdk.training.features import FeatureStore, single_user_messages
+
+    convs = [[Message("user", "hi"), Message("assistant", "hello"), Message("user", "bye")]]
+    assert single_user_messages(convs) == ([[convs[0][0]], [convs[0][2]]], [0, 0])
+    with pytest.raises(ValueError, match="not in the feature cache"):
+        FeatureStore(tmp_path / "none.pkl").extract_corpus(None, tiny_monitor.encoder, {"hidden_size": 4,
+                                                                                         "num_layers": 2}, convs)
+
+
 def test_head_learns_a_separable_problem() -> None:
     pytest.importorskip("torch")
     from trajsafe_sdk.training.head import HeadConfig, Rows, head_logits, train_head

@@ -394,17 +394,6 @@ def kept_vocabulary(encoder: MessageEncoder, convs: list[list[Message]], vocab_s
     return keep
 
 
-def _singles(convs: list[list[Message]]) -> tuple[list[list[Message]], list[int]]:
-    """Every user message as a conversation of its own, and the record each came from."""
-    out, owner = [], []
-    for k, msgs in enumerate(convs):
-        for m in msgs:
-            if m.role == "user":
-                out.append([m])
-                owner.append(k)
-    return out, owner
-
-
 def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work: Path | None = None,
           command: str = "", loso: bool = True, head_cfg: HeadConfig | None = None, trunk: Trunk = TRUNKS[8],
           targets: dict[str, float] | None = None, loso_seeds: tuple[int, ...] = (), log: Any = None
@@ -418,7 +407,7 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
     import torch
 
     from .dataset import build_corpus
-    from .features import FeatureStore, extraction_graph
+    from .features import FeatureStore, extraction_graph, single_user_messages
     from .loso import ReferenceClassifier, family, leave_source_out, train_and_calibrate
     from .pretrained import load_tokenizer, load_trunk
     from .train import embed_user_texts, record_messages
@@ -465,16 +454,12 @@ def build(data_dir: Path, out: Path, *, seed: int = 0, smoke: bool = False, work
 
     store = FeatureStore(work / f"features.L{layers}.pkl")
     graph = extraction_graph(weights, arch, work / f"extract.L{layers}.onnx")
-    singles, owner = _singles(convs)
+    singles, owner = single_user_messages(convs)
     say(f"trunk features: {len(convs)} conversations and {len(singles)} single user messages")
     cached = len(store.table)
-    feats = store.extract(graph, encoder, arch, convs, log=say)
-    single_flat = store.extract(graph, encoder, arch, singles, log=say)
+    feats, single_feats = store.extract_corpus(graph, encoder, arch, convs, log=say)
     store.save()
     extracted = len(store.table) - cached
-    single_feats: list[list[np.ndarray]] = [[] for _ in records]
-    for k, f in zip(owner, single_flat, strict=True):
-        single_feats[k].append(f)
 
     report: dict[str, Any] = {}
     if loso:

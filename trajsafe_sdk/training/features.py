@@ -39,6 +39,17 @@ def conversation_key(ids: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(ids, np.int64).tobytes(), digest_size=16).hexdigest()
 
 
+def single_user_messages(convs: Sequence[list[Message]]) -> tuple[list[list[Message]], list[int]]:
+    """Every user message as a conversation of its own, and the conversation each came from."""
+    out, owner = [], []
+    for k, msgs in enumerate(convs):
+        for m in msgs:
+            if m.role == "user":
+                out.append([m])
+                owner.append(k)
+    return out, owner
+
+
 class FeatureStore:
     """Features [n_assessments, trunk layers * hidden + pool layers * hidden] (float16) per conversation, keyed by
     its token ids: each trunk layer's normalised output at the assessment token, then the causal means."""
@@ -57,7 +68,7 @@ class FeatureStore:
                 pickle.dump(self.table, f, protocol=pickle.HIGHEST_PROTOCOL)
             tmp.replace(self.path)
 
-    def extract(self, graph: Path, encoder: MessageEncoder, arch: dict[str, Any], convs: Sequence[list[Message]],
+    def extract(self, graph: Path | None, encoder: MessageEncoder, arch: dict[str, Any], convs: Sequence[list[Message]],
                 max_len: int = 2048, tokens_per_batch: int = 8192, threads: int = 2,
                 log: Callable[[str], None] = print) -> list[np.ndarray]:
         """Features of each conversation (only those not cached are computed)."""
@@ -65,6 +76,9 @@ class FeatureStore:
         keys = [conversation_key(ids) for ids, _ in encoded]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self.table}.values(),
                       key=lambda i: len(encoded[i][0]))
+        if todo and graph is None:
+            raise ValueError(f"{len(todo)} conversations are not in the feature cache {self.path} and no graph "
+                             "was given to compute them")
         session = make_session(graph, threads=threads) if todo else None
         token_dims = int(arch["hidden_size"]) * (int(arch["num_layers"]) - 1)
         started, done, last_log = time.time(), 0, time.time()
@@ -79,3 +93,15 @@ class FeatureStore:
                 log(f"  features: batch {n + 1}, {done / (time.time() - started):.0f} tokens/s of {len(todo)} "
                     "conversations")
         return [self.table[k] for k in keys]
+
+    def extract_corpus(self, graph: Path | None, encoder: MessageEncoder, arch: dict[str, Any],
+                       convs: Sequence[list[Message]], log: Callable[[str], None] = print
+                       ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+        """Features of each conversation, and of each of its user messages read alone (what the head and the
+        monotone floor are trained and evaluated on). `graph` None: everything must be cached already."""
+        feats = self.extract(graph, encoder, arch, convs, log=log)
+        singles, owner = single_user_messages(convs)
+        per_conversation: list[list[np.ndarray]] = [[] for _ in convs]
+        for k, f in zip(owner, self.extract(graph, encoder, arch, singles, log=log), strict=True):
+            per_conversation[k].append(f)
+        return feats, per_conversation

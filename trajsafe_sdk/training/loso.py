@@ -64,6 +64,12 @@ def fit_policy_for(records: Sequence[dict[str, Any]], ulogits: Sequence[np.ndarr
                       ceiling_risk=targets.get("ceiling_risk", Policy.ceiling_risk))
 
 
+def non_allow_score(ulogits: np.ndarray) -> float:
+    """A conversation's threshold-free reading: its highest probability of any action but `allow` over its user
+    turns (0 without any)."""
+    return float((1 - softmax(ulogits[:, :N_ACT])[:, 0]).max()) if len(ulogits) else 0.0
+
+
 def items_for(records: Sequence[dict[str, Any]], actions: Sequence[list[str]]) -> list[dict[str, Any]]:
     return [{"label": r["label"], "category": r.get("category"), "source": r.get("source"), "family": family(r),
              "pattern": r.get("pattern"), "multi_turn": is_multi_turn(r), "actions": list(a)}
@@ -197,6 +203,8 @@ def run_fold(records: Sequence[dict[str, Any]], train_idx: Sequence[int], test_i
     out = {"policy": policy, "head": head,
            "monitor": items_for(test, [runtime_actions(lg, policy, al) if len(lg) else []
                                        for lg, al in zip(test_u, test_alone, strict=True)])}
+    for item, lg in zip(out["monitor"], test_u, strict=True):
+        item["non_allow"] = non_allow_score(lg)
     singles = [record_logits(head, single_feats[i], layout, cfg) for i in test_idx]
     out["last_message"] = items_for(test, _single_actions(singles, policy))
     if reference is not None:
